@@ -1,0 +1,79 @@
+"""Name → tier, family, and the hyperparameters of each scale.
+
+One entry per backbone the search can pick. `full` is the published architecture; `tiny`
+keeps the same module types with few layers and a small width so a trial trains on a laptop
+CPU in seconds. The builders in the family modules read only this table, so a new scale is a
+new entry here, never a new code path.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+SCALES = ("tiny", "full")
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """What the search needs to know about a backbone before building it."""
+
+    name: str
+    tier: int
+    family: str
+    description: str
+    scales: dict[str, dict[str, Any]] = field(default_factory=dict)
+    published_params: float | None = None  # as published, whole model, for tests and reports
+    patch_size: int = 16
+
+
+CATALOG: dict[str, BackboneSpec] = {
+    spec.name: spec
+    for spec in (
+        BackboneSpec(
+            name="em_prithvi",
+            tier=2,
+            family="terratorch_native",
+            description="Prithvi-EO-2.0 ViT over Sentinel-1 + Sentinel-2 bands stacked as channels",
+            scales={
+                "tiny": {"terratorch_name": "prithvi_eo_tiny"},
+                "full": {"terratorch_name": "prithvi_eo_v2_300"},
+            },
+            published_params=300e6,
+        ),
+        BackboneSpec(
+            name="em_terramind",
+            tier=2,
+            family="terratorch_native",
+            description="TerraMind-1.0 ViT with one token stream per modality (S1 and S2), mean-merged",
+            scales={
+                "tiny": {"terratorch_name": "terramind_v1_tiny"},
+                "full": {"terratorch_name": "terramind_v1_base"},
+            },
+            published_params=86e6,
+        ),
+        BackboneSpec(
+            name="em_clay",
+            tier=2,
+            family="terratorch_native",
+            description="Clay v1 encoder; wavelength-conditioned patch embedding takes S1 and S2 bands",
+            scales={
+                "tiny": {"dim": 64, "depth": 2, "heads": 2, "dim_head": 32, "mlp_ratio": 2.0},
+                "full": {"dim": 768, "depth": 12, "heads": 12, "dim_head": 64, "mlp_ratio": 4.0},
+            },
+            published_params=86e6,
+            patch_size=8,
+        ),
+    )
+}
+
+
+def backbones_in_tier(tier: int) -> list[str]:
+    return [name for name, spec in CATALOG.items() if spec.tier == tier]
+
+
+def get_spec(name: str) -> BackboneSpec:
+    try:
+        return CATALOG[name]
+    except KeyError:
+        raise KeyError(f"unknown backbone {name!r}; known: {', '.join(sorted(CATALOG))}") from None

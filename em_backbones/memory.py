@@ -1,0 +1,96 @@
+"""Measure a training step's memory, on CUDA or on the CPU.
+
+On CUDA the allocator knows the truth: peak allocated bytes. On the CPU there is no allocator
+counter to read, so the trial accounts for what training keeps alive at its peak, the moment
+between the end of the forward pass and the start of backward:
+
+    parameters + gradients + optimizer state + tensors autograd saved for backward
+
+Saved tensors are counted through `torch.autograd.graph.saved_tensors_hooks`, once per storage,
+and storages that are parameters are not counted twice. Transient buffers freed inside the
+forward pass are not included: the figure is a lower bound on the process's true peak, exact
+for what scales with model size, batch and checkpointing, which is what the search compares.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+CPU_METHOD = "cpu_accounting(params+grads+optimizer_state+saved_activations)"
+CUDA_METHOD = "cuda_max_memory_allocated"
+
+
+def tensor_bytes(tensor: torch.Tensor) -> int:
+    return tensor.untyped_storage().nbytes() if tensor.device.type != "meta" else tensor.numel() * tensor.element_size()
+
+
+def parameter_bytes(model: nn.Module) -> int:
+    return sum(tensor_bytes(p) for p in model.parameters())
+
+
+def gradient_bytes(model: nn.Module) -> int:
+    """Bytes the gradients of trainable parameters occupy (allocated or about to be)."""
+    return sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
+
+
+def optimizer_state_bytes(optimizer: torch.optim.Optimizer) -> int:
+    return sum(
+        v.numel() * v.element_size()
+        for state in optimizer.state.values()
+        for v in state.values()
+        if isinstance(v, torch.Tensor)
+    )
+
+
+class SavedActivationCounter:
+    """Counts bytes autograd saves for backward while active; one count per storage.
+
+    Use as a context manager around a forward pass. `bytes` is the total held when the forward
+    ends, which is the activation peak of the step.
+    """
+
+    def __init__(self, exclude: nn.Module | None = None) -> None:
+        self._exclude = {p.untyped_storage().data_ptr() for p in exclude.parameters()} if exclude else set()
+        self._seen: set[int] = set()
+        self.bytes = 0
+        self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, self._unpack)
+
+    def _pack(self, tensor: torch.Tensor) -> torch.Tensor:
+        if tensor.device.type != "meta":
+            ptr = tensor.untyped_storage().data_ptr()
+            if ptr not in self._seen and ptr not in self._exclude:
+                self._seen.add(ptr)
+                self.bytes += tensor.untyped_storage().nbytes()
+        return tensor
+
+    @staticmethod
+    def _unpack(tensor: torch.Tensor) -> torch.Tensor:
+        return tensor
+
+    def __enter__(self) -> "SavedActivationCounter":
+        self._hooks.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._hooks.__exit__(*exc)
+
+
+@dataclass
+class StepMemory:
+    """One training step's memory, broken down; all figures in bytes."""
+
+    parameters: int
+    gradients: int
+    optimizer_state: int
+    saved_activations: int
+
+    @property
+    def total(self) -> int:
+        return self.parameters + self.gradients + self.optimizer_state + self.saved_activations
+
+
+def gigabytes(n_bytes: float) -> float:
+    return n_bytes / 1e9

@@ -1,0 +1,179 @@
+"""Tier-2 backbones: TerraTorch's own Prithvi, TerraMind and Clay, taking Sentinel-1 + Sentinel-2.
+
+Each builder returns a module with TerraTorch's backbone contract — `forward` returns a list of
+feature maps `[B, C, H/p, W/p]` and `out_channels` lists their widths — so any TerraTorch
+decoder can sit on top without necks. Inputs arrive as a dict of modality tensors (what
+TerraTorch's `GenericMultiModalDataModule` yields); Prithvi and Clay see them stacked as
+channels, TerraMind keeps one token stream per modality, as it was designed.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from terratorch.models.backbones.clay_v1.modules import Datacuber, EmbeddingEncoder
+from terratorch.registry import TERRATORCH_BACKBONE_REGISTRY
+
+from em_backbones.bands import CLAY_BAND_NAMES, stacked_band_names
+from em_backbones.catalog import get_spec
+from em_backbones.techniques import check_techniques, checkpoint_blocks
+
+DEFAULT_MODALITIES = ("S1RTC", "S2L2A")
+
+
+def evenly_spaced_layers(depth: int, count: int = 4) -> list[int]:
+    """Indices of `count` layers spread over the depth, always ending at the last layer."""
+    count = min(count, depth)
+    return sorted({round((i + 1) * depth / count) - 1 for i in range(count)})
+
+
+def tokens_to_map(tokens: torch.Tensor) -> torch.Tensor:
+    """[B, L, D] patch tokens on a square grid → [B, D, sqrt(L), sqrt(L)]."""
+    batch, length, dim = tokens.shape
+    side = math.isqrt(length)
+    if side * side != length:
+        raise ValueError(f"expected a square token grid, got {length} tokens")
+    return tokens.transpose(1, 2).reshape(batch, dim, side, side)
+
+
+def stack_modalities(x: dict[str, torch.Tensor] | torch.Tensor, modalities: list[str]) -> torch.Tensor:
+    if isinstance(x, torch.Tensor):
+        return x
+    missing = [m for m in modalities if m not in x]
+    if missing:
+        raise KeyError(f"input lacks modalities {missing}; got {sorted(x)}")
+    return torch.cat([x[m] for m in modalities], dim=1)
+
+
+class S1S2Backbone(nn.Module):
+    """Shared contract: modalities in, selected layers out as feature maps."""
+
+    def __init__(self, modalities: list[str], out_indices: list[int], width: int, patch_size: int) -> None:
+        super().__init__()
+        self.modalities = list(modalities)
+        self.out_indices = list(out_indices)
+        self.out_channels = [width] * len(self.out_indices)
+        self.patch_size = patch_size  # read by TerraTorch's factory to pad inputs
+
+    def select(self, maps: list[torch.Tensor]) -> list[torch.Tensor]:
+        return [maps[i] for i in self.out_indices]
+
+
+class PrithviS1S2(S1S2Backbone):
+    """Prithvi ViT whose patch embedding takes every S1 and S2 band as a channel."""
+
+    def __init__(self, scale: str, modalities: list[str], img_size: int, pretrained: bool,
+                 ckpt_path: str | None, out_indices: list[int] | None, gradient_checkpointing: bool) -> None:
+        name = get_spec("em_prithvi").scales[scale]["terratorch_name"]
+        vit = TERRATORCH_BACKBONE_REGISTRY.build(
+            name, pretrained=pretrained, ckpt_path=ckpt_path, bands=stacked_band_names(modalities),
+            img_size=img_size, num_frames=1,
+        )
+        depth = len(vit.blocks)
+        super().__init__(modalities, out_indices or evenly_spaced_layers(depth), vit.embed_dim, 16)
+        self.vit = vit
+        if gradient_checkpointing:
+            checkpoint_blocks(vit.blocks)
+
+    def forward(self, x: dict[str, torch.Tensor] | torch.Tensor) -> list[torch.Tensor]:
+        tokens = self.vit(stack_modalities(x, self.modalities))
+        return self.select(self.vit.prepare_features_for_image_model(tokens))
+
+
+class TerraMindS1S2(S1S2Backbone):
+    """TerraMind ViT with its own embedding per modality; tokens of S1 and S2 are mean-merged."""
+
+    def __init__(self, scale: str, modalities: list[str], img_size: int, pretrained: bool,
+                 ckpt_path: str | None, out_indices: list[int] | None, gradient_checkpointing: bool) -> None:
+        name = get_spec("em_terramind").scales[scale]["terratorch_name"]
+        vit = TERRATORCH_BACKBONE_REGISTRY.build(
+            name, pretrained=pretrained, ckpt_path=ckpt_path, modalities=list(modalities), img_size=img_size,
+        )
+        depth = len(vit.encoder)
+        width = vit.encoder_norm.normalized_shape[0]
+        super().__init__(modalities, out_indices or evenly_spaced_layers(depth), width, 16)
+        self.vit = vit
+        if gradient_checkpointing:
+            checkpoint_blocks(vit.encoder)
+
+    def forward(self, x: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+        tokens = self.vit({m: x[m] for m in self.modalities})
+        return self.select([tokens_to_map(t) for t in tokens])
+
+
+class ClayS1S2(S1S2Backbone):
+    """Clay v1 encoder; its dynamic patch embedding is generated from each band's wavelength.
+
+    TerraTorch's `clay_v1_base` fixes the base width, so the encoder is built here from the
+    scale's hyperparameters with TerraTorch's own Clay modules. Time and location encodings are
+    zero (unknown for these chips); ground sampling distance is Sentinel's 10 m.
+    """
+
+    def __init__(self, scale: str, modalities: list[str], img_size: int, pretrained: bool,
+                 ckpt_path: str | None, out_indices: list[int] | None, gradient_checkpointing: bool) -> None:
+        spec = get_spec("em_clay")
+        hp = spec.scales[scale]
+        if pretrained and not ckpt_path:
+            raise ValueError("em_clay: pretrained=True needs ckpt_path to a local Clay checkpoint (no downloads)")
+        super().__init__(modalities, out_indices or evenly_spaced_layers(hp["depth"]), hp["dim"], spec.patch_size)
+        self.datacuber = Datacuber(bands=[CLAY_BAND_NAMES[b] for b in stacked_band_names(modalities)])
+        self.encoder = EmbeddingEncoder(
+            img_size=img_size, patch_size=spec.patch_size, dim=hp["dim"], depth=hp["depth"], heads=hp["heads"],
+            dim_head=hp["dim_head"], mlp_ratio=hp["mlp_ratio"],
+        )
+        if ckpt_path:
+            load_clay_encoder_weights(self.encoder, ckpt_path)
+        if gradient_checkpointing:
+            checkpoint_blocks(self.encoder.transformer.layers)
+
+    def forward(self, x: dict[str, torch.Tensor] | torch.Tensor) -> list[torch.Tensor]:
+        pixels = stack_modalities(x, self.modalities)
+        batch = pixels.shape[0]
+        zeros = pixels.new_zeros(batch, 4)
+        cube = self.datacuber(x=pixels, time=zeros, latlon=zeros, gsd=pixels.new_tensor(10.0))
+        layers = self.encoder(cube)
+        return self.select([tokens_to_map(t[:, 1:, :]) for t in layers])
+
+
+def load_clay_encoder_weights(encoder: nn.Module, ckpt_path: str) -> None:
+    """Load a Clay Lightning checkpoint (`model.encoder.*` keys) or a bare encoder state dict."""
+    state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    state = state.get("state_dict", state)
+    prefix = "model.encoder."
+    if any(k.startswith(prefix) for k in state):
+        state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    result = encoder.load_state_dict(state, strict=False)
+    if result.missing_keys:
+        raise ValueError(f"{ckpt_path}: checkpoint lacks encoder weights {result.missing_keys[:5]}")
+
+
+def _builder(cls: type[S1S2Backbone]):
+    def build(scale: str = "tiny", modalities: list[str] | tuple[str, ...] = DEFAULT_MODALITIES, img_size: int = 224,
+              pretrained: bool = False, ckpt_path: str | None = None, out_indices: list[int] | None = None,
+              quantization_bits: int = 16, lora_rank: int = 0, gradient_checkpointing: bool = False,
+              **_ignored) -> S1S2Backbone:
+        check_techniques(quantization_bits, lora_rank)
+        if scale not in ("tiny", "full"):
+            raise ValueError(f"scale must be 'tiny' or 'full', got {scale!r}")
+        return cls(scale, list(modalities), img_size, pretrained, ckpt_path, out_indices, gradient_checkpointing)
+
+    return build
+
+
+def em_prithvi(**kwargs) -> S1S2Backbone:
+    return _builder(PrithviS1S2)(**kwargs)
+
+
+def em_terramind(**kwargs) -> S1S2Backbone:
+    return _builder(TerraMindS1S2)(**kwargs)
+
+
+def em_clay(**kwargs) -> S1S2Backbone:
+    return _builder(ClayS1S2)(**kwargs)
+
+
+for _fn in (em_prithvi, em_terramind, em_clay):
+    if _fn.__name__ not in TERRATORCH_BACKBONE_REGISTRY:
+        TERRATORCH_BACKBONE_REGISTRY.register(_fn)

@@ -1,0 +1,60 @@
+"""Lightning callback that measures each trial's peak training memory (see em_backbones.memory)."""
+
+from __future__ import annotations
+
+import lightning.pytorch as pl
+import torch
+
+from em_backbones.memory import (
+    CPU_METHOD,
+    CUDA_METHOD,
+    SavedActivationCounter,
+    StepMemory,
+    gradient_bytes,
+    optimizer_state_bytes,
+    parameter_bytes,
+)
+
+
+class PeakMemoryMeter(pl.Callback):
+    """Peak bytes of a training step: CUDA allocator peak on GPU, documented accounting on CPU."""
+
+    def __init__(self) -> None:
+        self.peak_bytes = 0
+        self.peak_breakdown: StepMemory | None = None
+        self._counter: SavedActivationCounter | None = None
+        self.on_cuda = False
+
+    @property
+    def method(self) -> str:
+        return CUDA_METHOD if self.on_cuda else CPU_METHOD
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.on_cuda = pl_module.device.type == "cuda"
+        if self.on_cuda:
+            torch.cuda.reset_peak_memory_stats(pl_module.device)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if not self.on_cuda:
+            self._counter = SavedActivationCounter(exclude=pl_module).__enter__()
+
+    def on_before_backward(self, trainer, pl_module, loss) -> None:
+        if self._counter is None:
+            return
+        self._counter.__exit__(None, None, None)
+        optimizers = trainer.optimizers
+        step = StepMemory(
+            parameters=parameter_bytes(pl_module),
+            gradients=gradient_bytes(pl_module),
+            # The optimizer allocates its state at the first step, so from the second step on this
+            # is the real state; the peak is taken over all steps of the trial.
+            optimizer_state=sum(optimizer_state_bytes(o) for o in optimizers),
+            saved_activations=self._counter.bytes,
+        )
+        self._counter = None
+        if step.total > self.peak_bytes:
+            self.peak_bytes, self.peak_breakdown = step.total, step
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        if self.on_cuda:
+            self.peak_bytes = max(self.peak_bytes, torch.cuda.max_memory_allocated(pl_module.device))

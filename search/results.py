@@ -1,0 +1,142 @@
+"""Ray Tune's ResultGrid → one row per trial, a majority-class baseline, and the printed summary."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import torch
+from torchmetrics.classification import MulticlassJaccardIndex
+
+from search.data import IGNORE_INDEX, PreparedData, read_label_tiles
+from search.space import SEARCHED_PARAMS
+
+STATUS_COMPLETED = "completed"
+STATUS_STOPPED = "stopped_early"
+STATUS_FAILED = "failed"
+
+SCHEMA = pa.schema([
+    ("trial_id", pa.string()),
+    ("status", pa.string()),
+    ("error", pa.string()),
+    ("tier", pa.int64()),
+    ("backbone", pa.string()),
+    ("scale", pa.string()),
+    ("quantization_bits", pa.int64()),
+    ("lora_rank", pa.int64()),
+    ("gradient_checkpointing", pa.bool_()),
+    ("learning_rate", pa.float64()),
+    ("batch_size", pa.int64()),
+    ("epochs_run", pa.int64()),
+    ("val_miou", pa.float64()),
+    ("peak_gb", pa.float64()),
+    ("memory_method", pa.string()),
+    ("objective", pa.float64()),
+    ("param_gb", pa.float64()),
+    ("grad_gb", pa.float64()),
+    ("optimizer_gb", pa.float64()),
+    ("activation_gb", pa.float64()),
+    ("wall_seconds", pa.float64()),
+    ("train_seconds", pa.float64()),
+    ("node_ip", pa.string()),
+    ("val_miou_per_epoch", pa.list_(pa.float64())),
+])
+
+
+def _float(value: Any) -> float | None:
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return None
+    return value if math.isfinite(value) else None
+
+
+def trial_rows(result_grid, max_epochs: int, scale: str) -> list[dict[str, Any]]:
+    """One dict per trial with SCHEMA's columns; status tells completed / stopped / failed."""
+    rows = []
+    for result in result_grid:
+        metrics = result.metrics or {}
+        config = result.config or {}
+        history = result.metrics_dataframe
+        curve = [float(v) for v in history["val_miou"]] if history is not None and "val_miou" in history else []
+        epochs_run = int(metrics.get("training_iteration", 0) or 0)
+        if result.error is not None:
+            status, error = STATUS_FAILED, f"{type(result.error).__name__}: {str(result.error).strip().splitlines()[-1]}"
+        elif epochs_run < max_epochs:
+            status, error = STATUS_STOPPED, None
+        else:
+            status, error = STATUS_COMPLETED, None
+        trial_id = metrics.get("trial_id") or result.path.rstrip("/").split("/")[-1]
+        row = {name: config.get(name) for name in SEARCHED_PARAMS}
+        row.update({
+            "trial_id": str(trial_id),
+            "status": status,
+            "error": error,
+            "scale": scale,
+            "epochs_run": epochs_run,
+            "val_miou": _float(metrics.get("val_miou")),
+            "peak_gb": _float(metrics.get("peak_gb")),
+            "memory_method": metrics.get("memory_method"),
+            "objective": _float(metrics.get("objective")),
+            "param_gb": _float(metrics.get("param_gb")),
+            "grad_gb": _float(metrics.get("grad_gb")),
+            "optimizer_gb": _float(metrics.get("optimizer_gb")),
+            "activation_gb": _float(metrics.get("activation_gb")),
+            "wall_seconds": _float(metrics.get("time_total_s")),
+            "train_seconds": _float(metrics.get("train_seconds")),
+            "node_ip": metrics.get("worker_node_ip"),
+            "val_miou_per_epoch": curve,
+        })
+        rows.append(row)
+    return sorted(rows, key=lambda r: r["trial_id"])
+
+
+def to_table(rows: list[dict[str, Any]]) -> pa.Table:
+    return pa.Table.from_pylist(rows, schema=SCHEMA)
+
+
+def best_row(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+    scored = [r for r in rows if r["objective"] is not None and r["status"] != STATUS_FAILED]
+    return max(scored, key=lambda r: r["objective"]) if scored else None
+
+
+def majority_class_miou(prepared: PreparedData) -> tuple[int, float]:
+    """mIoU on the validation tiles of always predicting the training split's most common class.
+
+    Uses the same metric class and settings as TerraTorch's SemanticSegmentationTask, so the
+    figure sits next to the trials' val mIoU on equal terms.
+    """
+    train = read_label_tiles(prepared, "train")
+    values, counts = np.unique(train[train != IGNORE_INDEX], return_counts=True)
+    majority = int(values[np.argmax(counts)])
+    val = torch.from_numpy(read_label_tiles(prepared, "val").astype(np.int64))
+    metric = MulticlassJaccardIndex(num_classes=prepared.num_classes, ignore_index=IGNORE_INDEX, average="macro")
+    return majority, float(metric(torch.full_like(val, majority), val))
+
+
+def slot_utilisation(rows: list[dict[str, Any]], slots: int, search_wall_seconds: float) -> float:
+    """Share of the trial slots' wall time (slots x search wall time) spent inside training."""
+    busy = sum(r["train_seconds"] or 0.0 for r in rows)
+    return busy / (slots * search_wall_seconds) if search_wall_seconds > 0 else 0.0
+
+
+def summary_table(rows: list[dict[str, Any]], top: int = 10) -> str:
+    header = f"{'trial':<14} {'backbone':<13} {'status':<13} {'ep':>2} {'bits':>4} {'lora':>4} {'ckpt':>4} " \
+             f"{'lr':>8} {'bs':>3} {'val mIoU':>9} {'peak GB':>8} {'mIoU/GB':>9}"
+    lines = [header, "-" * len(header)]
+    ranked = sorted(rows, key=lambda r: (r["objective"] is None, -(r["objective"] or 0.0)))
+    for r in ranked[:top]:
+        def fmt(v, spec):
+            return format(v, spec) if v is not None else "-"
+        lines.append(
+            f"{r['trial_id'][-14:]:<14} {str(r['backbone']):<13} {r['status']:<13} {r['epochs_run']:>2} "
+            f"{fmt(r['quantization_bits'], '>4')} {fmt(r['lora_rank'], '>4')} "
+            f"{'yes' if r['gradient_checkpointing'] else 'no':>4} {fmt(r['learning_rate'], '>8.1e')} "
+            f"{fmt(r['batch_size'], '>3')} {fmt(r['val_miou'], '>9.4f')} {fmt(r['peak_gb'], '>8.4f')} "
+            f"{fmt(r['objective'], '>9.3f')}"
+        )
+        if r["error"]:
+            lines.append(f"{'':<14} error: {r['error'][:100]}")
+    return "\n".join(lines)

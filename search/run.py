@@ -1,0 +1,112 @@
+"""`search run`: space file → prepared data → Ray Tune search → results.parquet, best.yaml, summary."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import ray
+
+from search.data import SAMPLE_DATA, PreparedData, prepare
+from search.export import write_best_config, write_results
+from search.results import best_row, majority_class_miou, slot_utilisation, summary_table, to_table, trial_rows
+from search.space import Space, load_space
+from search.terratorch_config import terratorch_config
+from search.tuner import build_tuner, connect, plan_resources
+
+
+class RunError(RuntimeError):
+    """A run that cannot start; the run directory is removed before this is raised."""
+
+
+@dataclass
+class RunOutcome:
+    out_dir: Path
+    rows: list[dict]
+    best: dict | None
+    baseline_class: int
+    baseline_miou: float
+    utilisation: float
+    wall_seconds: float
+
+
+def default_out_dir(space: Space) -> Path:
+    return Path("runs") / f"{space.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def claim_out_dir(out: Path) -> None:
+    """Create the run directory; refuse one that already holds files."""
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise RunError(f"--out {out}: exists and is not empty; choose a new directory")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise RunError(f"--out {out}: cannot create the run directory ({err.strerror})") from None
+
+
+def prepare_data(space: Space, out: Path) -> PreparedData:
+    root = Path(space.data.root).expanduser() if space.data.root else SAMPLE_DATA
+    return prepare(root, space.data.layout, list(space.data.modalities), space.data.num_classes,
+                   space.data.tile_size, out / "data", list(space.data.val_chips), list(space.data.test_chips),
+                   space.seed)
+
+
+def run_search(space_path: str | Path, out: Path | None = None, address: str | None = None,
+               echo=print) -> RunOutcome:
+    space = load_space(space_path)
+    out = (out or default_out_dir(space)).resolve()
+    claim_out_dir(out)
+    try:
+        prepared = prepare_data(space, out)
+        shutil.copyfile(space_path, out / "space.yaml")
+        context = connect(address)
+        resources, concurrent = plan_resources(ray.cluster_resources(), space)
+        tuner = build_tuner(space, out, prepared.root, resources, concurrent)
+    except BaseException:
+        shutil.rmtree(out, ignore_errors=True)
+        raise
+    dashboard = getattr(context, "dashboard_url", None)
+    echo(f"Ray dashboard: http://{dashboard}" if dashboard else "Ray dashboard: not running on this cluster")
+    echo(f"run directory: {out}")
+    echo(f"trials: {space.num_samples}, at most {concurrent} at once, each {resources.num_workers} worker(s) x "
+         f"{resources.cpus_per_worker:g} CPU / {resources.gpus_per_worker:g} GPU")
+
+    started = time.monotonic()
+    grid = tuner.fit()
+    wall = time.monotonic() - started
+
+    rows = trial_rows(grid, space.epochs, space.scale)
+    write_results(to_table(rows), out / "results.parquet")
+    best = best_row(rows)
+    if best is not None:
+        config = terratorch_config(space, best, prepared)
+        header = (f"Best trial {best['trial_id']} of {space.name}: val mIoU {best['val_miou']:.4f}, "
+                  f"peak {best['peak_gb']:.4f} GB ({best['memory_method']}), objective {best['objective']:.3f}.\n"
+                  f"Train it with: terratorch fit -c best.yaml")
+        write_best_config(config, out / "best.yaml", header)
+    baseline_class, baseline = majority_class_miou(prepared)
+    utilisation = slot_utilisation(rows, concurrent, wall)
+    outcome = RunOutcome(out, rows, best, baseline_class, baseline, utilisation, wall)
+    (out / "summary.json").write_text(json.dumps({
+        "trials": len(rows), "statuses": {s: sum(r["status"] == s for r in rows) for s in {r["status"] for r in rows}},
+        "best_trial": best["trial_id"] if best else None, "best_val_miou": best["val_miou"] if best else None,
+        "best_objective": best["objective"] if best else None, "majority_class": baseline_class,
+        "majority_class_val_miou": baseline, "slot_utilisation": utilisation, "concurrent_slots": concurrent,
+        "wall_seconds": wall,
+    }, indent=1))
+
+    echo("")
+    echo(summary_table(rows))
+    echo("")
+    if best is not None:
+        echo(f"best: {best['backbone']} val mIoU {best['val_miou']:.4f} vs majority-class baseline "
+             f"(class {baseline_class}) {baseline:.4f} on the same validation chips")
+        echo(f"best.yaml: {out / 'best.yaml'}")
+    else:
+        echo("no trial produced a score; no best.yaml written")
+    echo(f"slot utilisation: {utilisation:.1%} of {concurrent} slot(s) x {wall:.0f} s wall spent training")
+    echo(f"results: {out / 'results.parquet'}")
+    return outcome

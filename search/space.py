@@ -1,0 +1,263 @@
+"""Search-space YAML → validated `Space`, and the define-by-run function Optuna samples from.
+
+Every field is checked on load; a bad file raises `SpaceError` whose one-line message names the
+file, the field and what was expected. YAML is read with `yaml.safe_load`: a space file can
+never construct Python objects.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+from em_backbones.bands import MODALITY_BANDS
+from em_backbones.catalog import CATALOG
+from em_backbones.techniques import SUPPORTED_BITS
+
+
+class SpaceError(ValueError):
+    """A space file that cannot be searched; the message is one line naming the field."""
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    root: str | None = None  # None: the packaged TerraMesh sample
+    layout: str = "terramesh"
+    modalities: tuple[str, ...] = ("S1RTC", "S2L2A")
+    num_classes: int = 10
+    tile_size: int = 112
+    val_chips: tuple[str, ...] = ()
+    test_chips: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ResourceSpec:
+    workers_per_trial: int = 1
+    cpus_per_worker: float = 1.0
+    gpus_per_worker: float | None = None  # None: 1 if the cluster has GPUs, else 0
+    max_concurrent_trials: int | None = None  # None: as many as the cluster's resources hold
+
+
+@dataclass(frozen=True)
+class Space:
+    name: str
+    scale: str
+    tiers: dict[int, tuple[str, ...]]
+    quantization_bits: tuple[int, ...]
+    lora_rank: tuple[int, ...]
+    gradient_checkpointing: tuple[bool, ...]
+    learning_rate: tuple[float, float]
+    batch_size: tuple[int, ...]
+    epochs: int
+    grace_period: int
+    reduction_factor: int
+    num_samples: int
+    seed: int
+    decoder: str
+    decoder_channels: int
+    data: DataSpec = field(default_factory=DataSpec)
+    resources: ResourceSpec = field(default_factory=ResourceSpec)
+    source: str = ""
+
+
+TOP_KEYS = {"name", "scale", "tiers", "techniques", "training", "decoder", "data", "resources"}
+TECHNIQUE_KEYS = {"quantization_bits", "lora_rank", "gradient_checkpointing"}
+TRAINING_KEYS = {"learning_rate", "batch_size", "epochs", "grace_period", "reduction_factor", "num_samples", "seed"}
+DECODER_KEYS = {"name", "channels"}
+DATA_KEYS = set(DataSpec.__dataclass_fields__)
+RESOURCE_KEYS = set(ResourceSpec.__dataclass_fields__)
+
+
+class _Checker:
+    """Reads fields out of nested dicts, remembering the dotted path for error messages."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+
+    def fail(self, path: str, expected: str, got: Any) -> None:
+        raise SpaceError(f"{self.source}: field '{path}': expected {expected}, got {got!r}")
+
+    def section(self, raw: dict, key: str, allowed: set[str], path: str = "") -> dict:
+        value = raw.get(key, {})
+        full = f"{path}{key}"
+        if value is None:
+            value = {}
+        if not isinstance(value, dict):
+            self.fail(full, "a mapping", value)
+        self.no_unknown(value, allowed, f"{full}.")
+        return value
+
+    def no_unknown(self, raw: dict, allowed: set[str], prefix: str = "") -> None:
+        for key in raw:
+            if key not in allowed:
+                close = difflib.get_close_matches(str(key), sorted(allowed), n=1)
+                hint = f" (did you mean '{prefix}{close[0]}'?)" if close else ""
+                raise SpaceError(f"{self.source}: unknown field '{prefix}{key}'{hint}; "
+                                 f"allowed: {', '.join(sorted(allowed))}")
+
+    def integer(self, value: Any, path: str, minimum: int) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            self.fail(path, f"an integer >= {minimum}", value)
+        return value
+
+    def number(self, value: Any, path: str, minimum: float, strictly: bool = False) -> float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if not ok or value < minimum or (strictly and value == minimum):
+            self.fail(path, f"a number {'>' if strictly else '>='} {minimum}", value)
+        return float(value)
+
+    def choices(self, value: Any, path: str, check: Callable[[Any, str], Any]) -> tuple:
+        values = value if isinstance(value, list) else [value]
+        if not values:
+            self.fail(path, "a non-empty list", value)
+        return tuple(check(v, f"{path}[{i}]") for i, v in enumerate(values))
+
+
+def load_space(path: str | Path) -> Space:
+    """Read and validate a space file; raise SpaceError (one line) on the first bad field."""
+    path = Path(path)
+    if not path.is_file():
+        raise SpaceError(f"{path}: space file not found")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise SpaceError(f"{path}: YAML syntax error{where}: {problem}") from None
+    return parse_space(raw, str(path))
+
+
+def parse_space(raw: Any, source: str = "<space>") -> Space:
+    c = _Checker(source)
+    if not isinstance(raw, dict) or not raw:
+        raise SpaceError(f"{source}: expected a mapping with at least 'tiers', got {type(raw).__name__}")
+    c.no_unknown(raw, TOP_KEYS)
+
+    scale = raw.get("scale", "tiny")
+    if scale not in ("tiny", "full"):
+        c.fail("scale", "'tiny' or 'full'", scale)
+
+    tiers_raw = raw.get("tiers")
+    if not isinstance(tiers_raw, dict) or not tiers_raw:
+        c.fail("tiers", "a non-empty mapping of tier number → list of backbone names", tiers_raw)
+    tiers: dict[int, tuple[str, ...]] = {}
+    for tier, names in tiers_raw.items():
+        if tier not in (1, 2, 3):
+            c.fail(f"tiers.{tier}", "tier 1, 2 or 3", tier)
+        if not isinstance(names, list) or not names:
+            c.fail(f"tiers.{tier}", "a non-empty list of backbone names", names)
+        for name in names:
+            if name not in CATALOG:
+                close = difflib.get_close_matches(str(name), sorted(CATALOG), n=1)
+                hint = f" (did you mean '{close[0]}'?)" if close else ""
+                raise SpaceError(f"{source}: field 'tiers.{tier}': unknown backbone {name!r}{hint}; "
+                                 f"known: {', '.join(sorted(CATALOG))}")
+            if CATALOG[name].tier != tier:
+                c.fail(f"tiers.{tier}", f"backbones of tier {tier} ({name} is tier {CATALOG[name].tier})", name)
+        tiers[tier] = tuple(names)
+
+    tech = c.section(raw, "techniques", TECHNIQUE_KEYS)
+
+    def bits(v, p):
+        if v not in SUPPORTED_BITS or isinstance(v, bool):
+            c.fail(p, f"one of {list(SUPPORTED_BITS)}", v)
+        return v
+
+    def flag(v, p):
+        if not isinstance(v, bool):
+            c.fail(p, "true or false", v)
+        return v
+
+    training = c.section(raw, "training", TRAINING_KEYS)
+    lr = training.get("learning_rate", {"low": 1e-4, "high": 3e-3})
+    if not isinstance(lr, dict) or set(lr) != {"low", "high"}:
+        c.fail("training.learning_rate", "a mapping {low: L, high: H} (sampled log-uniformly)", lr)
+    low = c.number(lr["low"], "training.learning_rate.low", 0.0, strictly=True)
+    high = c.number(lr["high"], "training.learning_rate.high", low)
+    epochs = c.integer(training.get("epochs", 4), "training.epochs", 1)
+    grace = c.integer(training.get("grace_period", 1), "training.grace_period", 1)
+    if grace > epochs:
+        c.fail("training.grace_period", f"an integer <= training.epochs ({epochs})", grace)
+
+    decoder = c.section(raw, "decoder", DECODER_KEYS)
+    data_raw = c.section(raw, "data", DATA_KEYS)
+    data = DataSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in data_raw.items()})
+    if data.layout not in ("terramesh", "sen1floods11"):
+        c.fail("data.layout", "'terramesh' or 'sen1floods11'", data.layout)
+    for i, modality in enumerate(data.modalities):
+        if modality not in MODALITY_BANDS:
+            c.fail(f"data.modalities[{i}]", f"one of {sorted(MODALITY_BANDS)}", modality)
+    c.integer(data.num_classes, "data.num_classes", 2)
+    if c.integer(data.tile_size, "data.tile_size", 16) % 16:
+        c.fail("data.tile_size", "a multiple of 16 (the backbones' patch size)", data.tile_size)
+    if data.root is not None and not isinstance(data.root, str):
+        c.fail("data.root", "a directory path or null (packaged sample)", data.root)
+
+    res_raw = c.section(raw, "resources", RESOURCE_KEYS)
+    resources = ResourceSpec(**res_raw)
+    c.integer(resources.workers_per_trial, "resources.workers_per_trial", 1)
+    c.number(resources.cpus_per_worker, "resources.cpus_per_worker", 0.0, strictly=True)
+    if resources.gpus_per_worker is not None:
+        c.number(resources.gpus_per_worker, "resources.gpus_per_worker", 0.0)
+    if resources.max_concurrent_trials is not None:
+        c.integer(resources.max_concurrent_trials, "resources.max_concurrent_trials", 1)
+
+    return Space(
+        name=str(raw.get("name", Path(source).stem)),
+        scale=scale,
+        tiers=tiers,
+        quantization_bits=c.choices(tech.get("quantization_bits", [16]), "techniques.quantization_bits", bits),
+        lora_rank=c.choices(tech.get("lora_rank", [0]), "techniques.lora_rank",
+                            lambda v, p: c.integer(v, p, 0)),
+        gradient_checkpointing=c.choices(tech.get("gradient_checkpointing", [False]),
+                                         "techniques.gradient_checkpointing", flag),
+        learning_rate=(low, high),
+        batch_size=c.choices(training.get("batch_size", [4]), "training.batch_size",
+                             lambda v, p: c.integer(v, p, 1)),
+        epochs=epochs,
+        grace_period=grace,
+        reduction_factor=c.integer(training.get("reduction_factor", 2), "training.reduction_factor", 2),
+        num_samples=c.integer(training.get("num_samples", 8), "training.num_samples", 1),
+        seed=c.integer(training.get("seed", 0), "training.seed", 0),
+        decoder=str(decoder.get("name", "UperNetDecoder")),
+        decoder_channels=c.integer(decoder.get("channels", 64), "decoder.channels", 1),
+        data=data,
+        resources=resources,
+        source=source,
+    )
+
+
+def backbone_param(tier: int) -> str:
+    """Optuna needs one parameter per tier: a categorical's choices may not change between trials."""
+    return f"backbone_tier{tier}"
+
+
+class DefineByRun:
+    """What OptunaSearch calls per trial: tier first, then a backbone of that tier.
+
+    A class rather than a closure so Ray Tune can pickle the searcher into its experiment
+    checkpoint (needed to resume a search).
+    """
+
+    def __init__(self, space: Space) -> None:
+        self.space = space
+
+    def __call__(self, trial) -> dict[str, Any]:
+        space = self.space
+        tier = trial.suggest_categorical("tier", sorted(space.tiers))
+        backbone = trial.suggest_categorical(backbone_param(tier), list(space.tiers[tier]))
+        trial.suggest_categorical("quantization_bits", list(space.quantization_bits))
+        trial.suggest_categorical("lora_rank", list(space.lora_rank))
+        trial.suggest_categorical("gradient_checkpointing", list(space.gradient_checkpointing))
+        trial.suggest_float("learning_rate", *space.learning_rate, log=True)
+        trial.suggest_categorical("batch_size", list(space.batch_size))
+        return {"backbone": backbone}
+
+
+SEARCHED_PARAMS = ("tier", "backbone", "quantization_bits", "lora_rank", "gradient_checkpointing",
+                   "learning_rate", "batch_size")

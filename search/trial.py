@@ -1,0 +1,141 @@
+"""One trial: a Ray Train TorchTrainer running Lightning on a TerraTorch segmentation task.
+
+`run_trial` is the Ray Tune trainable (a plain function of the sampled config); it only builds
+the TerraTorch config and launches Ray Train. `train_worker` runs on each Ray Train worker and
+knows nothing of the search. Metrics travel worker → `ray.train.report` → Train V2's
+`TuneReportCallback` → Tune, once per epoch, so ASHA can stop a trial between epochs.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import ray
+import ray.train
+import yaml
+from ray.train.lightning import RayDDPStrategy, RayLightningEnvironment, prepare_trainer
+from ray.train.torch import TorchTrainer
+from ray.tune.integration.ray_train import TuneReportCallback
+
+from em_backbones.memory import gigabytes
+from search.data import PreparedData
+from search.memory_meter import PeakMemoryMeter
+from search.space import Space
+from search.terratorch_config import terratorch_config
+
+VAL_METRIC = "val/mIoU"
+
+
+@dataclass(frozen=True)
+class TrialResources:
+    """What one trial asks of the cluster; chosen by the tuner from the space and the cluster."""
+
+    num_workers: int
+    cpus_per_worker: float
+    gpus_per_worker: float
+
+    @property
+    def use_gpu(self) -> bool:
+        return self.gpus_per_worker > 0
+
+
+def instantiate(node: dict[str, Any]) -> Any:
+    """Build `{class_path, init_args}` the way LightningCLI does, for one level of nesting."""
+    module_name, _, class_name = node["class_path"].rpartition(".")
+    cls = getattr(importlib.import_module(module_name), class_name)
+    return cls(**node.get("init_args", {}))
+
+
+class EpochReporter(pl.Callback):
+    """After each epoch's validation: report mIoU, peak GB and their ratio to Ray Train."""
+
+    def __init__(self, meter: PeakMemoryMeter) -> None:
+        self.meter = meter
+        self.started = time.monotonic()
+        self.node_ip = ray.util.get_node_ip_address()
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.started = time.monotonic()
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        miou = float(trainer.callback_metrics.get(VAL_METRIC, float("nan")))
+        loss = float(trainer.callback_metrics.get("train/loss", float("nan")))
+        peak_gb = gigabytes(self.meter.peak_bytes)
+        breakdown = self.meter.peak_breakdown
+        metrics = {
+            "epoch": trainer.current_epoch + 1,
+            "val_miou": miou,
+            "train_loss": loss,
+            "peak_gb": peak_gb,
+            "memory_method": self.meter.method,
+            "objective": miou / peak_gb if peak_gb > 0 and math.isfinite(miou) else float("nan"),
+            "train_seconds": time.monotonic() - self.started,
+            "worker_node_ip": self.node_ip,
+            "world_size": trainer.world_size,
+        }
+        if breakdown is not None:
+            metrics.update({
+                "param_gb": gigabytes(breakdown.parameters),
+                "grad_gb": gigabytes(breakdown.gradients),
+                "optimizer_gb": gigabytes(breakdown.optimizer_state),
+                "activation_gb": gigabytes(breakdown.saved_activations),
+            })
+        ray.train.report(metrics)
+
+
+def train_worker(loop_config: dict[str, Any]) -> None:
+    """Ray Train worker: build datamodule, task and Lightning Trainer from the TerraTorch config."""
+    import em_backbones  # noqa: F401  (registers the project's backbones in this process)
+
+    config = loop_config["terratorch"]
+    pl.seed_everything(config["seed_everything"], workers=True, verbose=False)
+    datamodule = instantiate(config["data"])
+    task = instantiate(config["model"])
+    meter = PeakMemoryMeter()
+    trainer_args = {k: v for k, v in config["trainer"].items() if k not in ("accelerator", "devices")}
+    world_size = ray.train.get_context().get_world_size()
+    trainer = pl.Trainer(
+        **trainer_args,
+        # TerraTorch's datamodules hand Lightning a BatchSampler; Lightning's distributed-sampler
+        # injection rebuilds it with batch size 1. One worker needs no sharding, so keep it off.
+        use_distributed_sampler=world_size > 1,
+        accelerator="auto",
+        devices="auto",
+        strategy=RayDDPStrategy(),
+        plugins=[RayLightningEnvironment()],
+        callbacks=[meter, EpochReporter(meter)],
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer = prepare_trainer(trainer)
+    trainer.fit(task, datamodule=datamodule)
+
+
+def run_trial(config: dict[str, Any], space: Space, prepared_root: str, resources: TrialResources) -> None:
+    """Ray Tune trainable: sampled parameters in, a Ray Train run out; metrics flow per epoch."""
+    tt_config = terratorch_config(space, config, PreparedData.load(Path(prepared_root)))
+    trial_dir = Path(ray.tune.get_context().get_trial_dir())
+    (trial_dir / "terratorch_config.yaml").write_text(yaml.safe_dump(tt_config, sort_keys=False))
+    trainer = TorchTrainer(
+        train_worker,
+        train_loop_config={"terratorch": tt_config},
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=resources.num_workers,
+            use_gpu=resources.use_gpu,
+            resources_per_worker={"CPU": resources.cpus_per_worker, "GPU": resources.gpus_per_worker}
+            if resources.use_gpu else {"CPU": resources.cpus_per_worker},
+        ),
+        run_config=ray.train.RunConfig(
+            name="train",
+            storage_path=str(trial_dir),
+            callbacks=[TuneReportCallback()],
+            failure_config=ray.train.FailureConfig(max_failures=0),
+        ),
+    )
+    trainer.fit()

@@ -1,0 +1,113 @@
+"""Ray Tune orchestration: OptunaSearch (define-by-run) + ASHA, resources derived from the cluster.
+
+Why concurrency is computed, not left to Tune: each trial's Tune function launches a Ray Train
+run whose workers need their own CPUs/GPUs. If the Tune functions themselves held CPUs, N
+concurrent trials could take every CPU and leave none for their workers — a deadlock (seen on a
+2-CPU machine). So the Tune function reserves nothing (it only waits on Ray Train, whose
+controller also reserves no CPU), and the number of concurrent trials is how many trials'
+*workers* the cluster can hold at once.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import optuna
+import ray
+from optuna.storages import JournalStorage
+from optuna.storages.journal import JournalFileBackend
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler
+from ray.tune.search.optuna import OptunaSearch
+
+from search.space import DefineByRun, Space
+from search.trial import TrialResources, run_trial
+
+METRIC = "objective"
+DRIVER_MEMORY_BYTES = 64 * 1024**2
+MODE = "max"
+
+
+class ResourceError(RuntimeError):
+    """The cluster cannot hold even one trial as the space asks for it."""
+
+
+def plan_resources(cluster: dict[str, float], space: Space) -> tuple[TrialResources, int]:
+    """Per-trial resources and how many trials fit at once, from the cluster's totals."""
+    spec = space.resources
+    cluster_gpus = float(cluster.get("GPU", 0))
+    gpus = spec.gpus_per_worker if spec.gpus_per_worker is not None else (1.0 if cluster_gpus > 0 else 0.0)
+    trial = TrialResources(spec.workers_per_trial, spec.cpus_per_worker, gpus)
+    need = {"CPU": trial.num_workers * trial.cpus_per_worker, "GPU": trial.num_workers * trial.gpus_per_worker}
+    fits = []
+    for resource, amount in need.items():
+        if amount <= 0:
+            continue
+        have = float(cluster.get(resource, 0))
+        if have < amount:
+            raise ResourceError(f"resources: one trial needs {amount:g} {resource} "
+                                f"({trial.num_workers} workers), the cluster has {have:g}")
+        fits.append(math.floor(have / amount + 1e-9))
+    concurrent = min(fits) if fits else 1
+    if spec.max_concurrent_trials is not None:
+        concurrent = min(concurrent, spec.max_concurrent_trials)
+    return trial, max(1, min(concurrent, space.num_samples))
+
+
+def connect(address: str | None) -> Any:
+    """Start embedded local Ray (address None) or join an existing cluster."""
+    os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+    if ray.is_initialized():
+        return ray.get_runtime_context()
+    kwargs: dict[str, Any] = {"log_to_driver": False, "configure_logging": True, "logging_level": "WARNING"}
+    if address is None:
+        kwargs.update(include_dashboard=True, dashboard_host="127.0.0.1")
+    return ray.init(address=address, **kwargs)
+
+
+def optuna_searcher(space: Space, out_dir: Path) -> OptunaSearch:
+    """Optuna TPE over the define-by-run space, its study kept in the run directory."""
+    storage = JournalStorage(JournalFileBackend(str(out_dir / "optuna_journal.log")))
+    return OptunaSearch(
+        space=DefineByRun(space),
+        metric=METRIC,
+        mode=MODE,
+        sampler=optuna.samplers.TPESampler(seed=space.seed, n_startup_trials=max(2, space.num_samples // 3)),
+        study_name=space.name,
+        storage=storage,
+    )
+
+
+def build_tuner(space: Space, out_dir: Path, prepared_root: Path, resources: TrialResources,
+                max_concurrent: int) -> tune.Tuner:
+    trainable = tune.with_resources(
+        tune.with_parameters(run_trial, space=space, prepared_root=str(prepared_root), resources=resources),
+        # No CPU or GPU: only the trial's Ray Train workers hold those. Ray refuses an empty
+        # bundle, so the function reserves the little memory it really uses.
+        {"cpu": 0, "memory": DRIVER_MEMORY_BYTES},
+    )
+    return tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(
+            metric=METRIC,
+            mode=MODE,
+            search_alg=optuna_searcher(space, out_dir),
+            scheduler=ASHAScheduler(
+                time_attr="training_iteration",
+                max_t=space.epochs,
+                grace_period=space.grace_period,
+                reduction_factor=space.reduction_factor,
+            ),
+            num_samples=space.num_samples,
+            max_concurrent_trials=max_concurrent,
+        ),
+        run_config=tune.RunConfig(
+            name="tune",
+            storage_path=str(out_dir.resolve()),
+            failure_config=tune.FailureConfig(max_failures=0),
+            verbose=1,
+        ),
+    )
