@@ -14,6 +14,7 @@ import math
 import torch
 from torch import nn
 from terratorch.models.backbones.clay_v1.modules import Datacuber, EmbeddingEncoder
+from terratorch.datasets.utils import HLSBands
 from terratorch.registry import TERRATORCH_BACKBONE_REGISTRY
 
 from em_backbones.bands import CLAY_BAND_NAMES, stacked_band_names
@@ -61,15 +62,36 @@ class S1S2Backbone(nn.Module):
         return [maps[i] for i in self.out_indices]
 
 
+# Prithvi was pretrained on six HLS bands; naming the matching Sentinel-2 bands the HLS way lets
+# TerraTorch copy their patch-embedding weights from a Prithvi checkpoint (others start random).
+PRITHVI_HLS_NAMES = {"B02": "BLUE", "B03": "GREEN", "B04": "RED", "B8A": "NIR_NARROW", "B11": "SWIR_1",
+                     "B12": "SWIR_2"}
+
+
+def _patch_embed_channels(ckpt_path: str) -> int | None:
+    state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    state = state.get("state_dict", state) if isinstance(state, dict) else state
+    for key, value in state.items():
+        if key.endswith("patch_embed.proj.weight"):
+            return int(value.shape[1])
+    return None
+
+
 class PrithviS1S2(S1S2Backbone):
     """Prithvi ViT whose patch embedding takes every S1 and S2 band as a channel."""
 
     def __init__(self, scale: str, modalities: list[str], img_size: int, pretrained: bool,
                  ckpt_path: str | None, out_indices: list[int] | None, gradient_checkpointing: bool) -> None:
         name = get_spec("em_prithvi").scales[scale]["terratorch_name"]
+        bands = [PRITHVI_HLS_NAMES.get(b, b) for b in stacked_band_names(modalities)]
+        extra = {}
+        if ckpt_path and _patch_embed_channels(ckpt_path) == len(bands):
+            # A checkpoint of this very band layout (e.g. our own): match every band, as TerraTorch names them.
+            extra["pretrained_bands"] = [HLSBands.try_convert_to_hls_bands_enum(b) for b in bands]
         vit = TERRATORCH_BACKBONE_REGISTRY.build(
-            name, pretrained=pretrained, ckpt_path=ckpt_path, bands=stacked_band_names(modalities),
-            img_size=img_size, num_frames=1,
+            # TerraTorch's Prithvi reads ckpt_path only with pretrained=True; a path never downloads.
+            name, pretrained=pretrained or bool(ckpt_path), ckpt_path=ckpt_path, bands=bands,
+            img_size=img_size, num_frames=1, **extra,
         )
         depth = len(vit.blocks)
         super().__init__(modalities, out_indices or evenly_spaced_layers(depth), vit.embed_dim, 16)

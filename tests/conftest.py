@@ -1,0 +1,55 @@
+"""Shared fixtures: the real TerraMesh chips in ../shared and small space files written per test."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_CHIPS = REPO.parent / "shared" / "data" / "terramesh-examples"
+VAL_CHIP, TEST_CHIP = "433D_629L_3_1", "637U_59R_1_3"
+
+
+@pytest.fixture(scope="session")
+def real_chips() -> Path:
+    if not (SHARED_CHIPS / "S1RTC").is_dir():
+        pytest.fail(f"the real chips are expected at {SHARED_CHIPS} (../shared beside the repo)")
+    return SHARED_CHIPS
+
+
+def small_space(data_root: Path | None, **overrides) -> dict:
+    """A valid tiny space over the real chips; tests change one field at a time."""
+    space = {
+        "name": "test",
+        "scale": "tiny",
+        "tiers": {2: ["em_prithvi", "em_terramind", "em_clay"]},
+        "techniques": {"quantization_bits": [16], "lora_rank": [0], "gradient_checkpointing": [False, True]},
+        "training": {"learning_rate": {"low": 3e-4, "high": 3e-3}, "batch_size": [4], "epochs": 2,
+                     "grace_period": 1, "reduction_factor": 2, "num_samples": 4, "seed": 0},
+        "decoder": {"name": "UperNetDecoder", "channels": 32},
+        "data": {"root": str(data_root) if data_root else None, "layout": "terramesh",
+                 "modalities": ["S1RTC", "S2L2A"], "num_classes": 10, "tile_size": 112,
+                 "val_chips": [VAL_CHIP], "test_chips": [TEST_CHIP]},
+    }
+    for dotted, value in overrides.items():
+        node = space
+        *parents, last = dotted.split(".")
+        for key in parents:
+            node = node[key]
+        node[last] = value
+    return space
+
+
+@pytest.fixture
+def write_space(tmp_path):
+    def write(space: dict | str, name: str = "space.yaml") -> Path:
+        path = tmp_path / name
+        path.write_text(space if isinstance(space, str) else yaml.safe_dump(space))
+        return path
+
+    return write

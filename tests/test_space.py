@@ -1,0 +1,89 @@
+"""Space files: every bad field gives one line naming it; the define-by-run space obeys the tiers."""
+
+from __future__ import annotations
+
+import optuna
+import pytest
+
+from search.space import DefineByRun, SpaceError, backbone_param, load_space, parse_space
+from tests.conftest import small_space
+
+
+def test_valid_space_loads_with_every_field(write_space):
+    space = load_space(write_space(small_space(None)))
+    assert space.tiers == {2: ("em_prithvi", "em_terramind", "em_clay")}
+    assert space.gradient_checkpointing == (False, True)
+    assert space.learning_rate == (3e-4, 3e-3)
+    assert space.epochs == 2 and space.num_samples == 4 and space.data.tile_size == 112
+
+
+def test_repo_space_files_load():
+    space = load_space("spaces/tier2.yaml")
+    assert space.scale == "tiny" and space.num_samples >= 6 and space.epochs > space.grace_period
+
+
+@pytest.mark.parametrize("overrides, fragment", [
+    ({"tiers": {2: ["em_prithvii"]}}, "unknown backbone 'em_prithvii' (did you mean 'em_prithvi'?)"),
+    ({"tiers": {5: ["em_prithvi"]}}, "field 'tiers.5'"),
+    ({"tiers": {}}, "field 'tiers'"),
+    ({"tiers": {2: []}}, "field 'tiers.2'"),
+    ({"techniques.quantization_bits": [3]}, "field 'techniques.quantization_bits[0]': expected one of [4, 8, 16]"),
+    ({"techniques.lora_rank": [-1]}, "field 'techniques.lora_rank[0]': expected an integer >= 0"),
+    ({"techniques.gradient_checkpointing": ["yes"]}, "field 'techniques.gradient_checkpointing[0]'"),
+    ({"training.num_samples": 0}, "field 'training.num_samples': expected an integer >= 1, got 0"),
+    ({"training.epochs": 2, "training.grace_period": 3}, "field 'training.grace_period'"),
+    ({"training.learning_rate": 0.01}, "field 'training.learning_rate'"),
+    ({"training.learning_rate": {"low": -1, "high": 1}}, "field 'training.learning_rate.low'"),
+    ({"training.batch_size": []}, "field 'training.batch_size'"),
+    ({"scale": "huge"}, "field 'scale': expected 'tiny' or 'full'"),
+    ({"data.layout": "zarr"}, "field 'data.layout'"),
+    ({"data.modalities": ["S3"]}, "field 'data.modalities[0]'"),
+    ({"data.tile_size": 100}, "field 'data.tile_size': expected a multiple of 16"),
+    ({"training.epochs_max": 3}, "unknown field 'training.epochs_max' (did you mean 'training.epochs'?)"),
+])
+def test_bad_field_names_itself_in_one_line(write_space, overrides, fragment):
+    path = write_space(small_space(None, **overrides))
+    with pytest.raises(SpaceError) as err:
+        load_space(path)
+    message = str(err.value)
+    assert fragment in message
+    assert "\n" not in message and str(path) in message
+
+
+def test_unknown_top_level_key(write_space):
+    with pytest.raises(SpaceError, match=r"unknown field 'tier' \(did you mean 'tiers'\?\)"):
+        load_space(write_space({**small_space(None), "tier": 2}))
+
+
+def test_yaml_syntax_error_reports_line(write_space):
+    with pytest.raises(SpaceError, match=r"YAML syntax error at line 4, column 6"):
+        load_space(write_space("name: x\ntiers:\n  2: [em_prithvi\nscale: tiny\n"))
+
+
+def test_empty_file_and_missing_file(write_space, tmp_path):
+    with pytest.raises(SpaceError, match="expected a mapping"):
+        load_space(write_space(""))
+    with pytest.raises(SpaceError, match="space file not found"):
+        load_space(tmp_path / "nope.yaml")
+
+
+def test_yaml_tags_cannot_build_objects(write_space):
+    with pytest.raises(SpaceError, match="YAML"):
+        load_space(write_space("tiers: !!python/object/apply:os.system ['true']\n"))
+
+
+def test_define_by_run_samples_backbones_of_the_sampled_tier():
+    space = parse_space(small_space(None, **{"training.num_samples": 30}))
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=1))
+    suggest = DefineByRun(space)
+    seen = set()
+    for _ in range(30):
+        trial = study.ask()
+        constants = suggest(trial)
+        tier = trial.params["tier"]
+        assert constants["backbone"] == trial.params[backbone_param(tier)]
+        assert constants["backbone"] in space.tiers[tier]
+        assert 3e-4 <= trial.params["learning_rate"] <= 3e-3
+        seen.add(constants["backbone"])
+        study.tell(trial, 0.0)
+    assert seen == set(space.tiers[2])
