@@ -1,0 +1,114 @@
+"""A real search on the real chips: Ray Tune + Optuna + ASHA over Ray Train trials, then TerraTorch.
+
+One search runs for the whole module (about two minutes on 2 CPUs); the tests read its outputs.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pyarrow.parquet as pq
+import pytest
+import ray
+import yaml
+
+from search.__main__ import main
+from search.results import SCHEMA
+from search.run import run_search
+from tests.conftest import REPO, small_space
+
+
+@pytest.fixture(scope="module")
+def finished_run(real_chips, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("search")
+    space_file = tmp / "space.yaml"
+    space_file.write_text(yaml.safe_dump(small_space(real_chips, **{"training.num_samples": 4})))
+    out = tmp / "run"
+    try:
+        outcome = run_search(space_file, out)
+    finally:
+        ray.shutdown()
+    return outcome
+
+
+def test_results_table_has_one_row_per_trial(finished_run):
+    table = pq.read_table(finished_run.out_dir / "results.parquet")
+    assert table.schema.equals(SCHEMA)
+    rows = table.to_pylist()
+    assert len(rows) == 4 and len({r["trial_id"] for r in rows}) == 4
+    for row in rows:
+        assert row["status"] in {"completed", "stopped_early"}, row["error"]
+        assert row["backbone"] in {"em_prithvi", "em_terramind", "em_clay"} and row["tier"] == 2
+        assert 1 <= row["epochs_run"] <= 2 and len(row["val_miou_per_epoch"]) == row["epochs_run"]
+        assert 0.0 <= row["val_miou"] <= 1.0
+        assert 0.0 < row["peak_gb"] < 1.0 and row["memory_method"].startswith("cpu_accounting")
+        assert row["objective"] == pytest.approx(row["val_miou"] / row["peak_gb"])
+        assert row["wall_seconds"] > 0 and 0 < row["train_seconds"] <= row["wall_seconds"]
+        assert row["node_ip"]
+        assert row["status"] == ("completed" if row["epochs_run"] == 2 else "stopped_early")
+
+
+def test_optuna_study_persisted_in_run_directory(finished_run):
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    storage = JournalStorage(JournalFileBackend(str(finished_run.out_dir / "optuna_journal.log")))
+    study = optuna.load_study(study_name="test", storage=storage)
+    assert len(study.trials) == 4
+    assert {"tier", "backbone_tier2", "learning_rate"} <= set(study.trials[0].params)
+
+
+def test_best_yaml_is_the_best_trial(finished_run):
+    config = yaml.safe_load((finished_run.out_dir / "best.yaml").read_text())
+    best = finished_run.best
+    assert best["objective"] == max(r["objective"] for r in finished_run.rows)
+    model_args = config["model"]["init_args"]["model_args"]
+    assert model_args["backbone"] == best["backbone"]
+    assert config["model"]["init_args"]["lr"] == pytest.approx(best["learning_rate"])
+    assert model_args["backbone_gradient_checkpointing"] == best["gradient_checkpointing"]
+    assert config["data"]["class_path"] == "terratorch.datamodules.GenericMultiModalDataModule"
+    assert 0.0 <= finished_run.baseline_miou <= 1.0 and 0.0 < finished_run.utilisation <= 1.0
+
+
+def test_terratorch_trains_best_yaml_unchanged(finished_run, tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "terratorch", "fit", "-c", str(finished_run.out_dir / "best.yaml"),
+         "--trainer.fast_dev_run=true"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "`Trainer.fit` stopped: `max_steps=1` reached" in result.stdout + result.stderr
+
+
+def test_bad_space_exits_nonzero_with_one_line_and_no_run_dir(write_space, tmp_path, capsys):
+    out = tmp_path / "never"
+    space = write_space(small_space(None, **{"training.num_samples": 0}))
+    assert main(["run", str(space), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "training.num_samples" in err
+    assert not out.exists()
+
+
+def test_bad_data_leaves_no_half_written_run(write_space, tmp_path, capsys):
+    out = tmp_path / "run"
+    space = write_space(small_space(tmp_path / "no-such-chips"))
+    assert main(["run", str(space), "--out", str(out)]) == 2
+    assert "data.root" in capsys.readouterr().err and not out.exists()
+
+
+def test_out_dir_that_holds_files_is_refused(write_space, tmp_path, capsys):
+    out = tmp_path / "used"
+    out.mkdir()
+    (out / "keep.txt").write_text("x")
+    assert main(["run", str(write_space(small_space(None))), "--out", str(out)]) == 2
+    assert "exists and is not empty" in capsys.readouterr().err
+    assert (out / "keep.txt").read_text() == "x"
+
+
+def test_cli_entry_point_reports_errors_in_a_subprocess(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "search", "run", str(tmp_path / "missing.yaml")],
+                            cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == f"error: {tmp_path / 'missing.yaml'}: space file not found"
