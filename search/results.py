@@ -102,14 +102,15 @@ def best_row(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
     return max(scored, key=lambda r: r["objective"]) if scored else None
 
 
-def majority_class_miou(prepared: PreparedData) -> tuple[int, float]:
-    """mIoU on the validation tiles of always predicting the training split's most common class.
+def majority_class_miou(prepared: PreparedData, fit_on: str = "train") -> tuple[int, float]:
+    """mIoU on the validation tiles of predicting one class everywhere: the most common class of
+    the `fit_on` split ("train": a fair baseline; "val": the best any constant prediction can do).
 
     Uses the same metric class and settings as TerraTorch's SemanticSegmentationTask, so the
     figure sits next to the trials' val mIoU on equal terms.
     """
-    train = read_label_tiles(prepared, "train")
-    values, counts = np.unique(train[train != IGNORE_INDEX], return_counts=True)
+    labels = read_label_tiles(prepared, fit_on)
+    values, counts = np.unique(labels[labels != IGNORE_INDEX], return_counts=True)
     majority = int(values[np.argmax(counts)])
     val = torch.from_numpy(read_label_tiles(prepared, "val").astype(np.int64))
     metric = MulticlassJaccardIndex(num_classes=prepared.num_classes, ignore_index=IGNORE_INDEX, average="macro")

@@ -1,0 +1,37 @@
+"""Trial resources and concurrency come from the cluster, so trials can never starve their workers."""
+
+from __future__ import annotations
+
+import pytest
+
+from search.space import parse_space
+from search.tuner import ResourceError, plan_resources
+from tests.conftest import small_space
+
+
+def space_with(**resources):
+    return parse_space({**small_space(None, **{"training.num_samples": 16}), "resources": resources})
+
+
+def test_two_cpu_laptop_runs_two_single_worker_trials():
+    trial, concurrent = plan_resources({"CPU": 2.0, "memory": 1e10}, space_with())
+    assert (trial.num_workers, trial.cpus_per_worker, trial.gpus_per_worker) == (1, 1.0, 0.0)
+    assert concurrent == 2
+
+
+def test_gpu_cluster_gives_one_gpu_per_worker_and_counts_gpus():
+    trial, concurrent = plan_resources({"CPU": 64.0, "GPU": 8.0}, space_with(workers_per_trial=2, cpus_per_worker=4))
+    assert trial.use_gpu and trial.gpus_per_worker == 1.0
+    assert concurrent == 4  # 8 GPUs / (2 workers x 1 GPU); CPUs would allow 8
+
+
+def test_concurrency_capped_by_space_and_samples():
+    _, concurrent = plan_resources({"CPU": 64.0}, space_with(max_concurrent_trials=3))
+    assert concurrent == 3
+    _, concurrent = plan_resources({"CPU": 1000.0}, space_with())
+    assert concurrent == 16
+
+
+def test_trial_larger_than_cluster_is_refused():
+    with pytest.raises(ResourceError, match=r"one trial needs 4 CPU \(2 workers\), the cluster has 2"):
+        plan_resources({"CPU": 2.0}, space_with(workers_per_trial=2, cpus_per_worker=2))
