@@ -71,7 +71,8 @@ def run_search(space_path: str | Path, out: Path | None = None, address: str | N
         shutil.rmtree(out, ignore_errors=True)
         raise
     dashboard = getattr(context, "dashboard_url", None)
-    echo(f"Ray dashboard: http://{dashboard}" if dashboard else "Ray dashboard: not running on this cluster")
+    echo(f"Ray dashboard: http://{dashboard}  (Ray token auth: `ray get-auth-token` prints the token it asks for)"
+         if dashboard else "Ray dashboard: not running on this cluster")
     echo(f"run directory: {out}")
     echo(f"trials: {space.num_samples}, at most {concurrent} at once, each {resources.num_workers} worker(s) x "
          f"{resources.cpus_per_worker:g} CPU / {resources.gpus_per_worker:g} GPU")
