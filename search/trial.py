@@ -53,7 +53,12 @@ def instantiate(node: dict[str, Any]) -> Any:
 
 
 class EpochReporter(pl.Callback):
-    """After each epoch's validation: report mIoU, peak GB and their ratio to Ray Train."""
+    """After each epoch's validation: report mIoU, peak GB and their ratio to Ray Train.
+
+    Ray's `RayTrainReportCallback` would also upload a checkpoint every epoch; ASHA needs only
+    the metric, and a per-epoch checkpoint of a multi-GB backbone would dominate trial time, so
+    this reports metrics alone (the winner is retrained from best.yaml).
+    """
 
     def __init__(self, meter: PeakMemoryMeter) -> None:
         self.meter = meter
