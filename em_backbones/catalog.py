@@ -64,6 +64,13 @@ CATALOG: dict[str, BackboneSpec] = {
             published_params=86e6,
             patch_size=8,
         ),
+        # InternVL: scales live in em_backbones/internvl.py as transformers configurations.
+        BackboneSpec(name="internvl2_4b", tier=1, family="internvl", published_params=3.71e9, patch_size=28,
+                     description="InternVL2.5-4B: InternViT-300M + pixel shuffle + MLP projector + Qwen2.5-3B"),
+        BackboneSpec(name="internvl2_26b", tier=3, family="internvl", published_params=25.5e9, patch_size=28,
+                     description="InternVL2-26B: InternViT-6B + projector + InternLM2-20B (Llama-shaped)"),
+        BackboneSpec(name="internvl2_40b", tier=3, family="internvl", published_params=40.1e9, patch_size=28,
+                     description="InternVL2-40B: InternViT-6B + projector + Nous-Hermes-2-Yi-34B (Llama)"),
     )
 }
 

@@ -1,0 +1,141 @@
+"""InternVL backbones (InternVL2.5-4B, InternVL2-26B, InternVL2-40B) from transformers' own classes.
+
+Built as `InternVLModel(InternVLConfig(vision_config=InternVLVisionConfig, text_config=Qwen2/Llama))`
+so a local Hugging Face directory of the real model loads with `from_pretrained`.
+
+Spatial features from a VLM: the vision tower's patch tokens go through InternVL's pixel shuffle and
+MLP projector into the LLM's width, then through the LLM's decoder layers with *only* those visual
+tokens (no text). The hidden states of chosen layers are reshaped back to the token grid. Why: the
+LLM layers were trained to read exactly these projected tokens, and frozen LLM blocks are known to
+improve visual features (Pang et al., ICLR 2024); decoder heads need maps, so the grid is restored.
+
+Sentinel-1 + Sentinel-2 reach the RGB-pretrained tower through a learned 1x1 band adapter
+(all S1+S2 bands → 3 channels), initialised to pass S2 red/green/blue through, so pretrained weights
+start from the input they know and the adapter learns how SAR and the other bands add to it.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from terratorch.registry import TERRATORCH_BACKBONE_REGISTRY
+from torch import nn
+from transformers import InternVLConfig, InternVLModel, InternVLVisionConfig, LlamaConfig, Qwen2Config
+
+from em_backbones.bands import stacked_band_names
+from em_backbones.techniques import check_techniques
+from em_backbones.terratorch_native import evenly_spaced_layers
+
+INTERNVIT_300M = dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096,
+                      attention_bias=True, use_qk_norm=False, norm_type="layer_norm")
+INTERNVIT_6B = dict(hidden_size=3200, num_hidden_layers=45, num_attention_heads=25, intermediate_size=12800,
+                    attention_bias=False, use_qk_norm=True, norm_type="rms_norm")
+
+# name → scale → (vision kwargs, text config class, text kwargs). `tiny` keeps the module types.
+INTERNVL_SCALES: dict[str, dict[str, tuple[dict, type, dict]]] = {
+    "internvl2_4b": {
+        "full": (INTERNVIT_300M, Qwen2Config, dict(hidden_size=2048, num_hidden_layers=36, num_attention_heads=16,
+                                                   num_key_value_heads=2, intermediate_size=11008, vocab_size=151674)),
+        "tiny": (dict(INTERNVIT_300M, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128),
+                 Qwen2Config, dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                   intermediate_size=128, vocab_size=256)),
+    },
+    "internvl2_26b": {
+        "full": (INTERNVIT_6B, LlamaConfig, dict(hidden_size=6144, num_hidden_layers=48, num_attention_heads=48,
+                                                 num_key_value_heads=8, intermediate_size=16384, vocab_size=92553)),
+        "tiny": (dict(INTERNVIT_6B, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128),
+                 LlamaConfig, dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                   intermediate_size=128, vocab_size=256)),
+    },
+    "internvl2_40b": {
+        "full": (INTERNVIT_6B, LlamaConfig, dict(hidden_size=7168, num_hidden_layers=60, num_attention_heads=56,
+                                                 num_key_value_heads=8, intermediate_size=20480, vocab_size=64000)),
+        "tiny": (dict(INTERNVIT_6B, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128),
+                 LlamaConfig, dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                   intermediate_size=128, vocab_size=256)),
+    },
+}
+PATCH_SIZE = 14
+SHUFFLE = 2  # pixel shuffle 0.5 merges 2x2 patches into one token
+
+
+def internvl_config(name: str, scale: str, img_size: int = 448) -> InternVLConfig:
+    """The published (full) or reduced (tiny) configuration; the LM head stays untied, as published."""
+    vision, text_cls, text = INTERNVL_SCALES[name][scale]
+    return InternVLConfig(
+        vision_config=InternVLVisionConfig(**vision, patch_size=PATCH_SIZE, image_size=img_size),
+        text_config=text_cls(**text, tie_word_embeddings=False),
+        downsample_ratio=1 / SHUFFLE,
+        tie_word_embeddings=False,
+    )
+
+
+class BandAdapter(nn.Module):
+    """Learned 1x1 convolution from all S1+S2 bands to the three channels the tower was trained on."""
+
+    def __init__(self, band_names: list[str]) -> None:
+        super().__init__()
+        self.proj = nn.Conv2d(len(band_names), 3, kernel_size=1)
+        with torch.no_grad():
+            self.proj.weight.zero_()
+            self.proj.bias.zero_()
+            for out_channel, band in enumerate(("B04", "B03", "B02")):
+                if band in band_names:
+                    self.proj.weight[out_channel, band_names.index(band)] = 1.0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(x)
+
+
+class InternVLBackbone(nn.Module):
+    """TerraTorch backbone: S1+S2 dict in, LLM hidden states over the visual tokens as maps out."""
+
+    def __init__(self, name: str, scale: str, modalities: list[str], img_size: int, ckpt_path: str | None,
+                 out_indices: list[int] | None, gradient_checkpointing: bool) -> None:
+        super().__init__()
+        self.modalities = list(modalities)
+        if ckpt_path:
+            self.vlm = InternVLModel.from_pretrained(ckpt_path, local_files_only=True)
+        else:
+            self.vlm = InternVLModel(internvl_config(name, scale, img_size))
+        depth = self.vlm.config.text_config.num_hidden_layers
+        # hidden_states[0] is the projector output; LLM layer k's output is hidden_states[k + 1].
+        self.out_indices = out_indices or [k + 1 for k in evenly_spaced_layers(depth)]
+        width = self.vlm.config.text_config.hidden_size
+        self.out_channels = [width] * len(self.out_indices)
+        self.patch_size = PATCH_SIZE * SHUFFLE  # inputs must tile into whole tokens after the shuffle
+        self.adapter = BandAdapter(stacked_band_names(self.modalities))
+        if gradient_checkpointing:
+            self.vlm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+    def forward(self, x: dict[str, torch.Tensor] | torch.Tensor) -> list[torch.Tensor]:
+        pixels = x if isinstance(x, torch.Tensor) else torch.cat([x[m] for m in self.modalities], dim=1)
+        tokens = self.vlm.get_image_features(
+            pixel_values=self.adapter(pixels), vision_feature_layer=-1, vision_feature_select_strategy="default",
+        ).pooler_output
+        hidden = self.vlm.language_model(inputs_embeds=tokens, output_hidden_states=True).hidden_states
+        side = math.isqrt(tokens.shape[1])
+        return [hidden[i].transpose(1, 2).reshape(tokens.shape[0], -1, side, side) for i in self.out_indices]
+
+
+def _builder(name: str):
+    def build(scale: str = "tiny", modalities=("S1RTC", "S2L2A"), img_size: int = 448, pretrained: bool = False,
+              ckpt_path: str | None = None, out_indices: list[int] | None = None, quantization_bits: int = 16,
+              lora_rank: int = 0, gradient_checkpointing: bool = False, **_ignored) -> InternVLBackbone:
+        check_techniques(quantization_bits, lora_rank)
+        if pretrained and not ckpt_path:
+            raise ValueError(f"{name}: pretrained=True needs ckpt_path, a local Hugging Face directory (no downloads)")
+        return InternVLBackbone(name, scale, list(modalities), img_size, ckpt_path, out_indices, gradient_checkpointing)
+
+    build.__name__ = name
+    return build
+
+
+internvl2_4b = _builder("internvl2_4b")
+internvl2_26b = _builder("internvl2_26b")
+internvl2_40b = _builder("internvl2_40b")
+
+for _fn in (internvl2_4b, internvl2_26b, internvl2_40b):
+    if _fn.__name__ not in TERRATORCH_BACKBONE_REGISTRY:
+        TERRATORCH_BACKBONE_REGISTRY.register(_fn)
