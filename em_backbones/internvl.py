@@ -32,28 +32,31 @@ INTERNVIT_300M = dict(hidden_size=1024, num_hidden_layers=24, num_attention_head
 INTERNVIT_6B = dict(hidden_size=3200, num_hidden_layers=45, num_attention_heads=25, intermediate_size=12800,
                     attention_bias=False, use_qk_norm=True, norm_type="rms_norm")
 
-# name → scale → (vision kwargs, text config class, text kwargs). `tiny` keeps the module types.
+TINY_WIDTHS = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128)
+TINY_TEXT = dict(TINY_WIDTHS, num_key_value_heads=2, vocab_size=256)
+
+
+def _tiny(vision: dict, text_cls: type) -> tuple[dict, type, dict]:
+    """Same norm, QK-norm, bias and text-model class as the full model; few layers, small width."""
+    return dict(vision, **TINY_WIDTHS), text_cls, TINY_TEXT
+
+
+# name → scale → (vision kwargs, text config class, text kwargs).
 INTERNVL_SCALES: dict[str, dict[str, tuple[dict, type, dict]]] = {
     "internvl2_4b": {
         "full": (INTERNVIT_300M, Qwen2Config, dict(hidden_size=2048, num_hidden_layers=36, num_attention_heads=16,
                                                    num_key_value_heads=2, intermediate_size=11008, vocab_size=151674)),
-        "tiny": (dict(INTERNVIT_300M, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128),
-                 Qwen2Config, dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                                   intermediate_size=128, vocab_size=256)),
+        "tiny": _tiny(INTERNVIT_300M, Qwen2Config),
     },
     "internvl2_26b": {
         "full": (INTERNVIT_6B, LlamaConfig, dict(hidden_size=6144, num_hidden_layers=48, num_attention_heads=48,
                                                  num_key_value_heads=8, intermediate_size=16384, vocab_size=92553)),
-        "tiny": (dict(INTERNVIT_6B, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128),
-                 LlamaConfig, dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                                   intermediate_size=128, vocab_size=256)),
+        "tiny": _tiny(INTERNVIT_6B, LlamaConfig),
     },
     "internvl2_40b": {
         "full": (INTERNVIT_6B, LlamaConfig, dict(hidden_size=7168, num_hidden_layers=60, num_attention_heads=56,
                                                  num_key_value_heads=8, intermediate_size=20480, vocab_size=64000)),
-        "tiny": (dict(INTERNVIT_6B, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128),
-                 LlamaConfig, dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                                   intermediate_size=128, vocab_size=256)),
+        "tiny": _tiny(INTERNVIT_6B, LlamaConfig),
     },
 }
 PATCH_SIZE = 14
