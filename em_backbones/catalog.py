@@ -24,7 +24,7 @@ class BackboneSpec:
     description: str
     scales: dict[str, dict[str, Any]] = field(default_factory=dict)
     published_params: float | None = None  # as published, whole model, for tests and reports
-    patch_size: int = 16
+    patch_size: int = 16  # token stride in pixels: inputs must be a multiple of it
 
 
 CATALOG: dict[str, BackboneSpec] = {

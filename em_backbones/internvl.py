@@ -24,6 +24,7 @@ from torch import nn
 from transformers import InternVLConfig, InternVLModel, InternVLVisionConfig, LlamaConfig, Qwen2Config
 
 from em_backbones.bands import stacked_band_names
+from em_backbones.catalog import get_spec
 from em_backbones.techniques import check_techniques
 from em_backbones.terratorch_native import evenly_spaced_layers
 
@@ -107,7 +108,7 @@ class InternVLBackbone(nn.Module):
         self.out_indices = out_indices or [k + 1 for k in evenly_spaced_layers(depth)]
         width = self.vlm.config.text_config.hidden_size
         self.out_channels = [width] * len(self.out_indices)
-        self.patch_size = PATCH_SIZE * SHUFFLE  # inputs must tile into whole tokens after the shuffle
+        self.patch_size = get_spec(name).patch_size  # 14 px patches, 2x2 merged by the shuffle: 28 px per token
         self.adapter = BandAdapter(stacked_band_names(self.modalities))
         if gradient_checkpointing:
             self.vlm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})

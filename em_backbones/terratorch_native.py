@@ -69,7 +69,8 @@ PRITHVI_HLS_NAMES = {"B02": "BLUE", "B03": "GREEN", "B04": "RED", "B8A": "NIR_NA
 
 
 def _patch_embed_channels(ckpt_path: str) -> int | None:
-    state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    # mmap: only the shape is needed, so the weights are not read here (TerraTorch reads them next).
+    state = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)
     state = state.get("state_dict", state) if isinstance(state, dict) else state
     for key, value in state.items():
         if key.endswith("patch_embed.proj.weight"):
@@ -82,7 +83,8 @@ class PrithviS1S2(S1S2Backbone):
 
     def __init__(self, scale: str, modalities: list[str], img_size: int, pretrained: bool,
                  ckpt_path: str | None, out_indices: list[int] | None, gradient_checkpointing: bool) -> None:
-        name = get_spec("em_prithvi").scales[scale]["terratorch_name"]
+        spec = get_spec("em_prithvi")
+        name = spec.scales[scale]["terratorch_name"]
         bands = [PRITHVI_HLS_NAMES.get(b, b) for b in stacked_band_names(modalities)]
         extra = {}
         if ckpt_path and _patch_embed_channels(ckpt_path) == len(bands):
@@ -94,7 +96,7 @@ class PrithviS1S2(S1S2Backbone):
             img_size=img_size, num_frames=1, **extra,
         )
         depth = len(vit.blocks)
-        super().__init__(modalities, out_indices or evenly_spaced_layers(depth), vit.embed_dim, 16)
+        super().__init__(modalities, out_indices or evenly_spaced_layers(depth), vit.embed_dim, spec.patch_size)
         self.vit = vit
         if gradient_checkpointing:
             checkpoint_blocks(vit.blocks)
@@ -109,13 +111,14 @@ class TerraMindS1S2(S1S2Backbone):
 
     def __init__(self, scale: str, modalities: list[str], img_size: int, pretrained: bool,
                  ckpt_path: str | None, out_indices: list[int] | None, gradient_checkpointing: bool) -> None:
-        name = get_spec("em_terramind").scales[scale]["terratorch_name"]
+        spec = get_spec("em_terramind")
+        name = spec.scales[scale]["terratorch_name"]
         vit = TERRATORCH_BACKBONE_REGISTRY.build(
             name, pretrained=pretrained, ckpt_path=ckpt_path, modalities=list(modalities), img_size=img_size,
         )
         depth = len(vit.encoder)
         width = vit.encoder_norm.normalized_shape[0]
-        super().__init__(modalities, out_indices or evenly_spaced_layers(depth), width, 16)
+        super().__init__(modalities, out_indices or evenly_spaced_layers(depth), width, spec.patch_size)
         self.vit = vit
         if gradient_checkpointing:
             checkpoint_blocks(vit.encoder)

@@ -193,8 +193,11 @@ def parse_space(raw: Any, source: str = "<space>") -> Space:
         if modality not in MODALITY_BANDS:
             c.fail(f"data.modalities[{i}]", f"one of {sorted(MODALITY_BANDS)}", modality)
     c.integer(data.num_classes, "data.num_classes", 2)
-    if c.integer(data.tile_size, "data.tile_size", 16) % 16:
-        c.fail("data.tile_size", "a multiple of 16 (the backbones' patch size)", data.tile_size)
+    c.integer(data.tile_size, "data.tile_size", 1)
+    for name in (n for names in tiers.values() for n in names):
+        stride = CATALOG[name].patch_size
+        if data.tile_size % stride:
+            c.fail("data.tile_size", f"a multiple of {stride} ({name}'s patch stride)", data.tile_size)
     if data.root is not None and not isinstance(data.root, str):
         c.fail("data.root", "a directory path or null (packaged sample)", data.root)
 

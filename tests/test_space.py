@@ -87,3 +87,10 @@ def test_define_by_run_samples_backbones_of_the_sampled_tier():
         seen.add(constants["backbone"])
         study.tell(trial, 0.0)
     assert seen == set(space.tiers[2])
+
+
+def test_tile_size_must_fit_every_chosen_backbones_patch_stride(write_space):
+    tiers = {1: ["internvl2_4b"], 2: ["em_prithvi"]}
+    assert load_space(write_space(small_space(None, tiers=tiers))).data.tile_size == 112  # 7 x 16 and 4 x 28
+    with pytest.raises(SpaceError, match=r"field 'data.tile_size': expected a multiple of 28 \(internvl2_4b's"):
+        load_space(write_space(small_space(None, tiers=tiers, **{"data.tile_size": 96})))
