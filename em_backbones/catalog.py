@@ -71,6 +71,12 @@ CATALOG: dict[str, BackboneSpec] = {
                      description="InternVL2-26B: InternViT-6B + projector + InternLM2-20B (Llama-shaped)"),
         BackboneSpec(name="internvl2_40b", tier=3, family="internvl", published_params=40.1e9, patch_size=28,
                      description="InternVL2-40B: InternViT-6B + projector + Nous-Hermes-2-Yi-34B (Llama)"),
+        BackboneSpec(name="earthmind_v1", tier=1, family="internvl", published_params=3.71e9, patch_size=28,
+                     description="EarthMind-v1 (InternVL2.5-4B based): SAR and optical through one shared "
+                                 "InternViT, token reweighting, concatenation before the LLM; SAM2 left out"),
+        # Granite: scales in em_backbones/granite.py as a GraniteMoeHybridConfig.
+        BackboneSpec(name="granite_4_tiny", tier=1, family="granite", published_params=6.9e9, patch_size=16,
+                     description="Granite 4.0 Tiny (hybrid Mamba-2/attention MoE LLM) as visual encoder layers"),
     )
 }
 

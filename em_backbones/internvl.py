@@ -25,7 +25,7 @@ from transformers import InternVLConfig, InternVLModel, InternVLVisionConfig, Ll
 
 from em_backbones.bands import stacked_band_names
 from em_backbones.catalog import get_spec
-from em_backbones.techniques import check_techniques
+from em_backbones.techniques import check_techniques, drop_token_embedding
 from em_backbones.terratorch_native import evenly_spaced_layers
 
 INTERNVIT_300M = dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096,
@@ -103,6 +103,7 @@ class InternVLBackbone(nn.Module):
             self.vlm = InternVLModel.from_pretrained(ckpt_path, local_files_only=True)
         else:
             self.vlm = InternVLModel(internvl_config(name, scale, img_size))
+        drop_token_embedding(self.vlm.language_model)
         depth = self.vlm.config.text_config.num_hidden_layers
         # hidden_states[0] is the projector output; LLM layer k's output is hidden_states[k + 1].
         self.out_indices = out_indices or [k + 1 for k in evenly_spaced_layers(depth)]

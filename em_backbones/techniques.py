@@ -36,6 +36,15 @@ def checkpoint_blocks(blocks: nn.ModuleList) -> None:
         block._em_checkpointed = True
 
 
+def drop_token_embedding(language_model: nn.Module) -> None:
+    """Free an LLM's token-embedding table when it only ever receives `inputs_embeds`.
+
+    Vision backbones feed the LLM projected patch tokens, never token ids, so the table (0.31 B
+    parameters in Qwen2.5-3B) is dead weight: dropping it is the "as backbone" model.
+    """
+    language_model.embed_tokens = None
+
+
 def check_techniques(quantization_bits: int, lora_rank: int) -> None:
     """Refuse technique settings this build cannot yet apply, naming the argument."""
     if quantization_bits not in SUPPORTED_BITS:

@@ -1,0 +1,44 @@
+"""Parameter counts at full scale without allocating a byte, "as published" and "as backbone".
+
+"As published" is the released model: for the VLMs and Granite, the whole causal LM including its
+token embedding and LM head. "As backbone" is what the search trains: the registered backbone,
+which drops the text embedding and LM head it never uses and adds its S1+S2 adapters.
+Both are counted on the `meta` device (accelerate's `init_empty_weights` where a constructor calls
+`.item()`, as TerraMind's does).
+"""
+
+from __future__ import annotations
+
+import torch
+from accelerate import init_empty_weights
+from terratorch.registry import BACKBONE_REGISTRY
+from transformers import GraniteMoeHybridForCausalLM, InternVLForConditionalGeneration
+
+from em_backbones.catalog import get_spec
+
+
+def count(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def backbone_params(name: str, scale: str = "full", img_size: int = 448) -> int:
+    with init_empty_weights():
+        return count(BACKBONE_REGISTRY.build(name, scale=scale, img_size=img_size))
+
+
+def published_params(name: str) -> int:
+    """The released architecture's full parameter count, built from the same configuration."""
+    from em_backbones.granite import granite_config
+    from em_backbones.internvl import internvl_config
+
+    family = get_spec(name).family
+    with torch.device("meta"):
+        if name == "earthmind_v1":
+            vlm = count(InternVLForConditionalGeneration(internvl_config("internvl2_4b", "full")))
+            fusion = backbone_params(name) - backbone_params("internvl2_4b")  # reweighting + SAR adapter
+            return vlm + fusion
+        if family == "internvl":
+            return count(InternVLForConditionalGeneration(internvl_config(name, "full")))
+        if family == "granite":
+            return count(GraniteMoeHybridForCausalLM(granite_config("full")))
+    return backbone_params(name, img_size=224)

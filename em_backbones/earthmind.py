@@ -1,0 +1,108 @@
+"""EarthMind-v1 (arXiv 2506.01667) as a backbone: two-stream SAR/optical through one shared InternVL.
+
+EarthMind builds on InternVL2.5-4B. SAR is fed as a second image through the *same* InternViT and
+projector as the optical image. After the projector, the SAR and optical tokens at each position
+are reweighted by a learned score — a small learned query scored against each token through a
+bilinear form, squashed by a sigmoid — and the two reweighted token sets are concatenated before
+the LLM. An MSE loss aligns SAR tokens with optical tokens. SAM2 (EarthMind's mask decoder) is left
+out: a TerraTorch decoder takes its place.
+
+As a backbone: the LLM's hidden states over the 2N visual tokens are split back into the SAR and
+optical halves, and the two grids are concatenated along channels, so the decoder sees both streams.
+The alignment loss of the last forward pass is kept in `alignment_loss` for a task to add.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from terratorch.registry import TERRATORCH_BACKBONE_REGISTRY
+from torch import nn
+from transformers import InternVLModel
+
+from em_backbones.bands import bands_of
+from em_backbones.catalog import get_spec
+from em_backbones.internvl import BandAdapter, internvl_config
+from em_backbones.techniques import check_techniques, drop_token_embedding
+from em_backbones.terratorch_native import evenly_spaced_layers
+
+
+class TokenReweighting(nn.Module):
+    """score(t) = sigmoid(q^T W t) per token; a learned query q and bilinear map W, shared by both streams."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.query = nn.Parameter(torch.zeros(width))
+        self.bilinear = nn.Linear(width, width, bias=False)
+        nn.init.normal_(self.query, std=width**-0.5)
+
+    def forward(self, sar: torch.Tensor, optical: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        score = lambda t: torch.sigmoid(self.bilinear(t) @ self.query).unsqueeze(-1)  # noqa: E731
+        return sar * score(sar), optical * score(optical)
+
+
+class EarthMindBackbone(nn.Module):
+    """TerraTorch backbone: {SAR, optical} → shared InternVL → reweight, concat → LLM → maps."""
+
+    def __init__(self, scale: str, modalities: list[str], img_size: int, ckpt_path: str | None,
+                 out_indices: list[int] | None, gradient_checkpointing: bool) -> None:
+        super().__init__()
+        sar = [m for m in modalities if m.startswith("S1")]
+        optical = [m for m in modalities if m.startswith("S2")]
+        if len(sar) != 1 or len(optical) != 1:
+            raise ValueError(f"earthmind_v1 needs one Sentinel-1 and one Sentinel-2 modality, got {list(modalities)}")
+        self.sar_modality, self.optical_modality = sar[0], optical[0]
+        if ckpt_path:
+            self.vlm = InternVLModel.from_pretrained(ckpt_path, local_files_only=True)
+        else:
+            self.vlm = InternVLModel(internvl_config("internvl2_4b", scale, img_size))
+        drop_token_embedding(self.vlm.language_model)
+        width = self.vlm.config.text_config.hidden_size
+        self.sar_adapter = BandAdapter(bands_of(self.sar_modality))  # SAR gets its own path into RGB space
+        self.optical_adapter = BandAdapter(bands_of(self.optical_modality))
+        self.reweight = TokenReweighting(width)
+        depth = self.vlm.config.text_config.num_hidden_layers
+        self.out_indices = out_indices or [k + 1 for k in evenly_spaced_layers(depth)]
+        self.out_channels = [2 * width] * len(self.out_indices)
+        self.patch_size = get_spec("earthmind_v1").patch_size
+        self.alignment_loss = torch.zeros(())
+        if gradient_checkpointing:
+            self.vlm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+    def _tokens(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.vlm.get_image_features(
+            pixel_values=pixels, vision_feature_layer=-1, vision_feature_select_strategy="default",
+        ).pooler_output
+
+    def forward(self, x: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+        batch = x[self.sar_modality].shape[0]
+        # One pass of the shared tower over both images, stacked along the batch.
+        both = self._tokens(torch.cat([self.sar_adapter(x[self.sar_modality]),
+                                       self.optical_adapter(x[self.optical_modality])]))
+        sar, optical = both[:batch], both[batch:]
+        self.alignment_loss = F.mse_loss(sar, optical)
+        sar, optical = self.reweight(sar, optical)
+        hidden = self.vlm.language_model(inputs_embeds=torch.cat([sar, optical], dim=1),
+                                         output_hidden_states=True).hidden_states
+        n = sar.shape[1]
+        side = math.isqrt(n)
+
+        def grid(t: torch.Tensor) -> torch.Tensor:
+            return t.transpose(1, 2).reshape(batch, -1, side, side)
+
+        return [torch.cat([grid(hidden[i][:, :n]), grid(hidden[i][:, n:])], dim=1) for i in self.out_indices]
+
+
+def earthmind_v1(scale: str = "tiny", modalities=("S1RTC", "S2L2A"), img_size: int = 448, pretrained: bool = False,
+                 ckpt_path: str | None = None, out_indices: list[int] | None = None, quantization_bits: int = 16,
+                 lora_rank: int = 0, gradient_checkpointing: bool = False, **_ignored) -> EarthMindBackbone:
+    check_techniques(quantization_bits, lora_rank)
+    if pretrained and not ckpt_path:
+        raise ValueError("earthmind_v1: pretrained=True needs ckpt_path, a local Hugging Face directory")
+    return EarthMindBackbone(scale, list(modalities), img_size, ckpt_path, out_indices, gradient_checkpointing)
+
+
+if "earthmind_v1" not in TERRATORCH_BACKBONE_REGISTRY:
+    TERRATORCH_BACKBONE_REGISTRY.register(earthmind_v1)

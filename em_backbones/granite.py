@@ -1,0 +1,125 @@
+"""Granite 4.0 Tiny (a text-only hybrid Mamba-2 / attention mixture-of-experts LLM) as a visual encoder.
+
+Following "Frozen Transformers in Language Models Are Effective Visual Encoder Layers" (Pang et al.,
+ICLR 2024): a small trainable stem turns S1+S2 patches into tokens, a linear layer lifts them to the
+LLM's width, the LLM's blocks run over the patch tokens only (no text), and a linear layer per chosen
+layer maps hidden states back out, reshaped to the patch grid.
+
+Choices, and why:
+- Stem: one 16 x 16 patch convolution over all S1+S2 bands plus a learned 2-D position embedding.
+  Granite-H's attention layers use no position encoding (NoPE) and its Mamba layers only know order,
+  so the patch grid's positions must come from the stem.
+- Attention is bidirectional: the attention layers get an all-visible mask, because image patches
+  have no causal order. The Mamba-2 layers remain a left-to-right scan over the row-major patch
+  sequence; a scan has a direction by construction.
+- The LLM is `transformers.GraniteMoeHybridModel` built from `GraniteMoeHybridConfig`, so a local
+  Hugging Face directory of the real model loads with `from_pretrained`; its token embedding is never
+  used and is not counted "as backbone".
+- Memory techniques (#4) must know: the experts' weights are 3-D `nn.Parameter`s
+  (`block_sparse_moe.experts.gate_up_proj` [64, 1024, 1536], `down_proj` [64, 1536, 512]), not
+  `nn.Linear`, so bitsandbytes' Linear replacements and peft's Linear LoRA do not reach them.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from terratorch.registry import TERRATORCH_BACKBONE_REGISTRY
+from torch import nn
+from transformers import GraniteMoeHybridConfig, GraniteMoeHybridModel
+
+from em_backbones.bands import stacked_band_names
+from em_backbones.catalog import get_spec
+from em_backbones.techniques import check_techniques, drop_token_embedding
+from em_backbones.terratorch_native import evenly_spaced_layers
+
+
+def _layer_types(depth: int, attention_layers: set[int]) -> list[str]:
+    return ["attention" if i in attention_layers else "mamba" for i in range(depth)]
+
+
+# ibm-granite/granite-4.0-h-tiny: 40 layers, 4 of them attention; 64 experts, top-6; NoPE.
+GRANITE_SCALES: dict[str, dict] = {
+    "full": dict(vocab_size=100352, hidden_size=1536, intermediate_size=512, shared_intermediate_size=1024,
+                 num_hidden_layers=40, num_attention_heads=12, num_key_value_heads=4, num_local_experts=64,
+                 num_experts_per_tok=6, mamba_n_heads=48, mamba_d_head=64, mamba_d_state=128, mamba_n_groups=1,
+                 mamba_d_conv=4, mamba_expand=2, layer_types=_layer_types(40, {5, 15, 25, 35})),
+    "tiny": dict(vocab_size=256, hidden_size=64, intermediate_size=32, shared_intermediate_size=64,
+                 num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2, num_local_experts=8,
+                 num_experts_per_tok=2, mamba_n_heads=4, mamba_d_head=32, mamba_d_state=16, mamba_n_groups=1,
+                 mamba_d_conv=4, mamba_expand=2, layer_types=_layer_types(4, {1})),
+}
+STEM_WIDTH = {"full": 768, "tiny": 32}
+
+
+def granite_config(scale: str) -> GraniteMoeHybridConfig:
+    return GraniteMoeHybridConfig(**GRANITE_SCALES[scale], position_embedding_type="nope", tie_word_embeddings=True)
+
+
+class GraniteVisualEncoder(nn.Module):
+    """TerraTorch backbone: S1+S2 patches → Granite-H blocks → per-layer maps on the patch grid."""
+
+    def __init__(self, scale: str, modalities: list[str], img_size: int, ckpt_path: str | None,
+                 out_indices: list[int] | None, gradient_checkpointing: bool) -> None:
+        super().__init__()
+        self.modalities = list(modalities)
+        self.patch_size = get_spec("granite_4_tiny").patch_size
+        if ckpt_path:
+            self.llm = GraniteMoeHybridModel.from_pretrained(ckpt_path, local_files_only=True)
+        else:
+            self.llm = GraniteMoeHybridModel(granite_config(scale))
+        drop_token_embedding(self.llm)
+        width = self.llm.config.hidden_size
+        stem = STEM_WIDTH[scale]
+        grid = img_size // self.patch_size
+        self.patch_embed = nn.Conv2d(len(stacked_band_names(self.modalities)), stem, self.patch_size, self.patch_size)
+        self.pos_embed = nn.Parameter(torch.zeros(1, grid * grid, stem))
+        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        self.lift = nn.Linear(stem, width)
+        depth = self.llm.config.num_hidden_layers
+        # hidden_states[0] is the lifted input; Granite layer k's output is hidden_states[k + 1].
+        self.out_indices = out_indices or [k + 1 for k in evenly_spaced_layers(depth)]
+        self.out_proj = nn.ModuleList(nn.Linear(width, stem) for _ in self.out_indices)
+        self.out_channels = [stem] * len(self.out_indices)
+        if gradient_checkpointing:
+            self.llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+    def _position_embedding(self, length: int) -> torch.Tensor:
+        """The learned grid, resized bicubically when inputs are larger (TerraTorch pads to 2 patches)."""
+        if length == self.pos_embed.shape[1]:
+            return self.pos_embed
+        built, side = math.isqrt(self.pos_embed.shape[1]), math.isqrt(length)
+        grid = self.pos_embed.reshape(1, built, built, -1).permute(0, 3, 1, 2)
+        grid = F.interpolate(grid, size=(side, side), mode="bicubic", align_corners=False)
+        return grid.permute(0, 2, 3, 1).reshape(1, length, -1)
+
+    def forward(self, x: dict[str, torch.Tensor] | torch.Tensor) -> list[torch.Tensor]:
+        pixels = x if isinstance(x, torch.Tensor) else torch.cat([x[m] for m in self.modalities], dim=1)
+        patches = self.patch_embed(pixels).flatten(2).transpose(1, 2)  # [B, L, stem]
+        tokens = self.lift(patches + self._position_embedding(patches.shape[1]))
+        batch, length, _ = tokens.shape
+        everyone_sees_everyone = torch.ones(batch, 1, length, length, dtype=torch.bool, device=tokens.device)
+        hidden = self.llm(
+            inputs_embeds=tokens,
+            attention_mask={"full_attention": everyone_sees_everyone, "linear_attention": None},
+            use_cache=False,
+            output_hidden_states=True,
+        ).hidden_states
+        side = math.isqrt(length)
+        return [proj(hidden[i]).transpose(1, 2).reshape(batch, -1, side, side)
+                for proj, i in zip(self.out_proj, self.out_indices)]
+
+
+def granite_4_tiny(scale: str = "tiny", modalities=("S1RTC", "S2L2A"), img_size: int = 224, pretrained: bool = False,
+                   ckpt_path: str | None = None, out_indices: list[int] | None = None, quantization_bits: int = 16,
+                   lora_rank: int = 0, gradient_checkpointing: bool = False, **_ignored) -> GraniteVisualEncoder:
+    check_techniques(quantization_bits, lora_rank)
+    if pretrained and not ckpt_path:
+        raise ValueError("granite_4_tiny: pretrained=True needs ckpt_path, a local Hugging Face directory")
+    return GraniteVisualEncoder(scale, list(modalities), img_size, ckpt_path, out_indices, gradient_checkpointing)
+
+
+if "granite_4_tiny" not in TERRATORCH_BACKBONE_REGISTRY:
+    TERRATORCH_BACKBONE_REGISTRY.register(granite_4_tiny)

@@ -1,0 +1,111 @@
+"""Tier-1 and tier-3 backbones: published sizes on meta, tiny builds that train, local HF weights."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from terratorch.models import EncoderDecoderFactory
+from terratorch.registry import BACKBONE_REGISTRY
+
+import em_backbones  # noqa: F401
+from em_backbones.catalog import get_spec
+from em_backbones.counting import backbone_params, published_params
+from em_backbones.granite import granite_config
+from em_backbones.internvl import internvl_config
+
+LARGE = ["internvl2_4b", "internvl2_26b", "internvl2_40b", "earthmind_v1", "granite_4_tiny"]
+# "as backbone" at full scale: no text embedding, no LM head (measured here, recorded for reviewers).
+AS_BACKBONE = {"internvl2_4b": 3.0914e9, "internvl2_26b": 24.377e9, "internvl2_40b": 39.151e9,
+               "earthmind_v1": 3.0956e9, "granite_4_tiny": 6.7937e9}
+
+
+def s1s2_batch(size: int = 112) -> dict[str, torch.Tensor]:
+    torch.manual_seed(0)
+    return {"S1RTC": torch.randn(2, 2, size, size), "S2L2A": torch.randn(2, 12, size, size)}
+
+
+@pytest.mark.parametrize("name", LARGE)
+def test_full_scale_parameter_counts(name):
+    as_published = published_params(name)
+    assert as_published == pytest.approx(get_spec(name).published_params, rel=0.02)
+    as_backbone = backbone_params(name, img_size=224 if name == "granite_4_tiny" else 448)
+    assert as_backbone == pytest.approx(AS_BACKBONE[name], rel=1e-3)
+    assert as_backbone < as_published
+
+
+@pytest.mark.parametrize("name", LARGE)
+def test_tiny_forward_backward_gives_decoder_ready_maps(name):
+    model = BACKBONE_REGISTRY.build(name, scale="tiny", img_size=112)
+    features = model(s1s2_batch())
+    grid = 112 // model.patch_size
+    assert len(features) == len(model.out_channels) >= 2
+    for fmap, width in zip(features, model.out_channels):
+        assert fmap.shape == (2, width, grid, grid) and torch.isfinite(fmap).all()
+    sum(f.square().mean() for f in features).backward()
+    grads = [p.grad for p in model.parameters() if p.requires_grad]
+    assert sum(g is not None for g in grads) > 0.9 * len(grads)
+
+
+@pytest.mark.parametrize("name", ["internvl2_4b", "internvl2_26b", "earthmind_v1"])
+def test_tiny_internvl_keeps_the_full_models_module_types(name):
+    model = BACKBONE_REGISTRY.build(name, scale="tiny", img_size=112)
+    full = internvl_config("internvl2_26b" if name == "internvl2_26b" else "internvl2_4b", "full")
+    tiny = model.vlm.config
+    assert (tiny.vision_config.norm_type, tiny.vision_config.use_qk_norm, tiny.vision_config.attention_bias) == (
+        full.vision_config.norm_type, full.vision_config.use_qk_norm, full.vision_config.attention_bias)
+    assert type(tiny.text_config) is type(full.text_config)
+
+
+def test_tiny_granite_keeps_mamba_attention_and_3d_experts():
+    model = BACKBONE_REGISTRY.build("granite_4_tiny", scale="tiny", img_size=112)
+    assert set(model.llm.config.layers_block_type) == set(granite_config("full").layers_block_type)
+    assert set(model.llm.config.layers_block_type) == {"full_attention", "linear_attention"}  # attention + Mamba-2
+    experts = model.llm.layers[0].block_sparse_moe.experts
+    assert experts.gate_up_proj.dim() == 3 and not isinstance(experts, torch.nn.Linear)
+
+
+def test_granite_attention_is_bidirectional_over_patches():
+    model = BACKBONE_REGISTRY.build("granite_4_tiny", scale="tiny", img_size=112, out_indices=[2]).eval()
+    x = s1s2_batch()
+    changed = {k: v.clone() for k, v in x.items()}
+    changed["S2L2A"][:, :, -16:, -16:] += 5.0  # only the last patch
+    with torch.no_grad():
+        before, after = model(x)[0], model(changed)[0]
+    # Layer 2 is attention: the first patch sees the last one, which a causal mask would hide.
+    assert (before[:, :, 0, 0] - after[:, :, 0, 0]).abs().max() > 1e-6
+
+
+def test_earthmind_keeps_two_streams_and_alignment_loss():
+    model = BACKBONE_REGISTRY.build("earthmind_v1", scale="tiny", img_size=112)
+    features = model(s1s2_batch())
+    width = model.vlm.config.text_config.hidden_size
+    assert features[0].shape[1] == 2 * width  # SAR half and optical half
+    assert model.alignment_loss.item() > 0
+    model.alignment_loss.backward()
+    assert model.sar_adapter.proj.weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="needs one Sentinel-1 and one Sentinel-2"):
+        BACKBONE_REGISTRY.build("earthmind_v1", scale="tiny", img_size=112, modalities=["S2L2A"])
+
+
+@pytest.mark.parametrize("name, hf_attr", [("internvl2_4b", "vlm"), ("earthmind_v1", "vlm"), ("granite_4_tiny", "llm")])
+def test_local_hugging_face_directory_loads_identical_weights(name, hf_attr, tmp_path):
+    torch.manual_seed(0)
+    source = BACKBONE_REGISTRY.build(name, scale="tiny", img_size=112).eval()
+    getattr(source, hf_attr).save_pretrained(tmp_path / "hf")
+    torch.manual_seed(1)
+    loaded = BACKBONE_REGISTRY.build(name, scale="tiny", img_size=112, ckpt_path=str(tmp_path / "hf")).eval()
+    # The HF model's weights come from the directory; the S1+S2 adapters are ours, copied across.
+    own = {k: v for k, v in source.state_dict().items() if not k.startswith(f"{hf_attr}.")}
+    loaded.load_state_dict(own, strict=False)
+    with torch.no_grad():
+        for a, b in zip(source(s1s2_batch()), loaded(s1s2_batch())):
+            assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("name", ["internvl2_40b", "earthmind_v1", "granite_4_tiny"])
+def test_segmentation_model_from_terratorch_factory(name):
+    model = EncoderDecoderFactory().build_model(
+        task="segmentation", backbone=name, backbone_scale="tiny", backbone_img_size=112,
+        decoder="UperNetDecoder", decoder_channels=32, num_classes=10,
+    )
+    assert model(s1s2_batch()).output.shape == (2, 10, 112, 112)
