@@ -25,6 +25,7 @@ class BackboneSpec:
     scales: dict[str, dict[str, Any]] = field(default_factory=dict)
     published_params: float | None = None  # as published, whole model, for tests and reports
     patch_size: int = 16  # token stride in pixels: inputs must be a multiple of it
+    native_img_size: int = 224  # the published input size, the default when none is given
 
 
 CATALOG: dict[str, BackboneSpec] = {
@@ -65,13 +66,13 @@ CATALOG: dict[str, BackboneSpec] = {
             patch_size=8,
         ),
         # InternVL: scales live in em_backbones/internvl.py as transformers configurations.
-        BackboneSpec(name="internvl2_4b", tier=1, family="internvl", published_params=3.71e9, patch_size=28,
+        BackboneSpec(name="internvl2_4b", tier=1, family="internvl", published_params=3.71e9, patch_size=28, native_img_size=448,
                      description="InternVL2.5-4B: InternViT-300M + pixel shuffle + MLP projector + Qwen2.5-3B"),
-        BackboneSpec(name="internvl2_26b", tier=3, family="internvl", published_params=25.5e9, patch_size=28,
+        BackboneSpec(name="internvl2_26b", tier=3, family="internvl", published_params=25.5e9, patch_size=28, native_img_size=448,
                      description="InternVL2-26B: InternViT-6B + projector + InternLM2-20B (Llama-shaped)"),
-        BackboneSpec(name="internvl2_40b", tier=3, family="internvl", published_params=40.1e9, patch_size=28,
+        BackboneSpec(name="internvl2_40b", tier=3, family="internvl", published_params=40.1e9, patch_size=28, native_img_size=448,
                      description="InternVL2-40B: InternViT-6B + projector + Nous-Hermes-2-Yi-34B (Llama)"),
-        BackboneSpec(name="earthmind_v1", tier=1, family="internvl", published_params=3.71e9, patch_size=28,
+        BackboneSpec(name="earthmind_v1", tier=1, family="internvl", published_params=3.71e9, patch_size=28, native_img_size=448,
                      description="EarthMind-v1 (InternVL2.5-4B based): SAR and optical through one shared "
                                  "InternViT, token reweighting, concatenation before the LLM; SAM2 left out"),
         # Granite: scales in em_backbones/granite.py as a GraniteMoeHybridConfig.

@@ -21,9 +21,10 @@ def count(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-def backbone_params(name: str, scale: str = "full", img_size: int = 448) -> int:
+def backbone_params(name: str, scale: str = "full") -> int:
+    """The registered backbone at its published input size."""
     with init_empty_weights():
-        return count(BACKBONE_REGISTRY.build(name, scale=scale, img_size=img_size))
+        return count(BACKBONE_REGISTRY.build(name, scale=scale))
 
 
 def published_params(name: str) -> int:
@@ -41,4 +42,4 @@ def published_params(name: str) -> int:
             return count(InternVLForConditionalGeneration(internvl_config(name, "full")))
         if family == "granite":
             return count(GraniteMoeHybridForCausalLM(granite_config("full")))
-    return backbone_params(name, img_size=224)
+    return backbone_params(name)

@@ -18,14 +18,13 @@ import math
 
 import torch
 import torch.nn.functional as F
-from terratorch.registry import TERRATORCH_BACKBONE_REGISTRY
 from torch import nn
-from transformers import InternVLModel
 
 from em_backbones.bands import bands_of
 from em_backbones.catalog import get_spec
-from em_backbones.internvl import BandAdapter, internvl_config
-from em_backbones.techniques import check_techniques, drop_token_embedding
+from em_backbones.internvl import BandAdapter, load_or_build_vlm
+from em_backbones.registration import BackboneArgs, register_backbone
+from em_backbones.techniques import drop_token_embedding
 from em_backbones.terratorch_native import evenly_spaced_layers
 
 
@@ -46,29 +45,25 @@ class TokenReweighting(nn.Module):
 class EarthMindBackbone(nn.Module):
     """TerraTorch backbone: {SAR, optical} → shared InternVL → reweight, concat → LLM → maps."""
 
-    def __init__(self, scale: str, modalities: list[str], img_size: int, ckpt_path: str | None,
-                 out_indices: list[int] | None, gradient_checkpointing: bool) -> None:
+    def __init__(self, args: BackboneArgs) -> None:
         super().__init__()
-        sar = [m for m in modalities if m.startswith("S1")]
-        optical = [m for m in modalities if m.startswith("S2")]
+        sar = [m for m in args.modalities if m.startswith("S1")]
+        optical = [m for m in args.modalities if m.startswith("S2")]
         if len(sar) != 1 or len(optical) != 1:
-            raise ValueError(f"earthmind_v1 needs one Sentinel-1 and one Sentinel-2 modality, got {list(modalities)}")
+            raise ValueError(f"earthmind_v1 needs one Sentinel-1 and one Sentinel-2 modality, got {args.modalities}")
         self.sar_modality, self.optical_modality = sar[0], optical[0]
-        if ckpt_path:
-            self.vlm = InternVLModel.from_pretrained(ckpt_path, local_files_only=True)
-        else:
-            self.vlm = InternVLModel(internvl_config("internvl2_4b", scale, img_size))
+        self.vlm = load_or_build_vlm(args, "internvl2_4b")
         drop_token_embedding(self.vlm.language_model)
         width = self.vlm.config.text_config.hidden_size
         self.sar_adapter = BandAdapter(bands_of(self.sar_modality))  # SAR gets its own path into RGB space
         self.optical_adapter = BandAdapter(bands_of(self.optical_modality))
         self.reweight = TokenReweighting(width)
         depth = self.vlm.config.text_config.num_hidden_layers
-        self.out_indices = out_indices or [k + 1 for k in evenly_spaced_layers(depth)]
+        self.out_indices = args.out_indices or [k + 1 for k in evenly_spaced_layers(depth)]
         self.out_channels = [2 * width] * len(self.out_indices)
         self.patch_size = get_spec("earthmind_v1").patch_size
         self.alignment_loss = torch.zeros(())
-        if gradient_checkpointing:
+        if args.gradient_checkpointing:
             self.vlm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
     def _tokens(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -95,14 +90,4 @@ class EarthMindBackbone(nn.Module):
         return [torch.cat([grid(hidden[i][:, :n]), grid(hidden[i][:, n:])], dim=1) for i in self.out_indices]
 
 
-def earthmind_v1(scale: str = "tiny", modalities=("S1RTC", "S2L2A"), img_size: int = 448, pretrained: bool = False,
-                 ckpt_path: str | None = None, out_indices: list[int] | None = None, quantization_bits: int = 16,
-                 lora_rank: int = 0, gradient_checkpointing: bool = False, **_ignored) -> EarthMindBackbone:
-    check_techniques(quantization_bits, lora_rank)
-    if pretrained and not ckpt_path:
-        raise ValueError("earthmind_v1: pretrained=True needs ckpt_path, a local Hugging Face directory")
-    return EarthMindBackbone(scale, list(modalities), img_size, ckpt_path, out_indices, gradient_checkpointing)
-
-
-if "earthmind_v1" not in TERRATORCH_BACKBONE_REGISTRY:
-    TERRATORCH_BACKBONE_REGISTRY.register(earthmind_v1)
+earthmind_v1 = register_backbone("earthmind_v1", EarthMindBackbone)

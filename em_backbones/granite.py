@@ -26,13 +26,13 @@ import math
 
 import torch
 import torch.nn.functional as F
-from terratorch.registry import TERRATORCH_BACKBONE_REGISTRY
 from torch import nn
 from transformers import GraniteMoeHybridConfig, GraniteMoeHybridModel
 
 from em_backbones.bands import stacked_band_names
 from em_backbones.catalog import get_spec
-from em_backbones.techniques import check_techniques, drop_token_embedding
+from em_backbones.registration import BackboneArgs, register_backbone
+from em_backbones.techniques import drop_token_embedding
 from em_backbones.terratorch_native import evenly_spaced_layers
 
 
@@ -61,29 +61,28 @@ def granite_config(scale: str) -> GraniteMoeHybridConfig:
 class GraniteVisualEncoder(nn.Module):
     """TerraTorch backbone: S1+S2 patches → Granite-H blocks → per-layer maps on the patch grid."""
 
-    def __init__(self, scale: str, modalities: list[str], img_size: int, ckpt_path: str | None,
-                 out_indices: list[int] | None, gradient_checkpointing: bool) -> None:
+    def __init__(self, args: BackboneArgs) -> None:
         super().__init__()
-        self.modalities = list(modalities)
-        self.patch_size = get_spec("granite_4_tiny").patch_size
-        if ckpt_path:
-            self.llm = GraniteMoeHybridModel.from_pretrained(ckpt_path, local_files_only=True)
+        scale, self.modalities = args.scale, args.modalities
+        self.patch_size = get_spec(args.name).patch_size
+        if args.ckpt_path:
+            self.llm = GraniteMoeHybridModel.from_pretrained(args.ckpt_path, local_files_only=True)
         else:
             self.llm = GraniteMoeHybridModel(granite_config(scale))
         drop_token_embedding(self.llm)
         width = self.llm.config.hidden_size
         stem = STEM_WIDTH[scale]
-        grid = img_size // self.patch_size
+        grid = args.img_size // self.patch_size
         self.patch_embed = nn.Conv2d(len(stacked_band_names(self.modalities)), stem, self.patch_size, self.patch_size)
         self.pos_embed = nn.Parameter(torch.zeros(1, grid * grid, stem))
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
         self.lift = nn.Linear(stem, width)
         depth = self.llm.config.num_hidden_layers
         # hidden_states[0] is the lifted input; Granite layer k's output is hidden_states[k + 1].
-        self.out_indices = out_indices or [k + 1 for k in evenly_spaced_layers(depth)]
+        self.out_indices = args.out_indices or [k + 1 for k in evenly_spaced_layers(depth)]
         self.out_proj = nn.ModuleList(nn.Linear(width, stem) for _ in self.out_indices)
         self.out_channels = [stem] * len(self.out_indices)
-        if gradient_checkpointing:
+        if args.gradient_checkpointing:
             self.llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
     def _position_embedding(self, length: int) -> torch.Tensor:
@@ -112,14 +111,4 @@ class GraniteVisualEncoder(nn.Module):
                 for proj, i in zip(self.out_proj, self.out_indices)]
 
 
-def granite_4_tiny(scale: str = "tiny", modalities=("S1RTC", "S2L2A"), img_size: int = 224, pretrained: bool = False,
-                   ckpt_path: str | None = None, out_indices: list[int] | None = None, quantization_bits: int = 16,
-                   lora_rank: int = 0, gradient_checkpointing: bool = False, **_ignored) -> GraniteVisualEncoder:
-    check_techniques(quantization_bits, lora_rank)
-    if pretrained and not ckpt_path:
-        raise ValueError("granite_4_tiny: pretrained=True needs ckpt_path, a local Hugging Face directory")
-    return GraniteVisualEncoder(scale, list(modalities), img_size, ckpt_path, out_indices, gradient_checkpointing)
-
-
-if "granite_4_tiny" not in TERRATORCH_BACKBONE_REGISTRY:
-    TERRATORCH_BACKBONE_REGISTRY.register(granite_4_tiny)
+granite_4_tiny = register_backbone("granite_4_tiny", GraniteVisualEncoder)

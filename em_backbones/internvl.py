@@ -19,13 +19,13 @@ from __future__ import annotations
 import math
 
 import torch
-from terratorch.registry import TERRATORCH_BACKBONE_REGISTRY
 from torch import nn
 from transformers import InternVLConfig, InternVLModel, InternVLVisionConfig, LlamaConfig, Qwen2Config
 
 from em_backbones.bands import stacked_band_names
 from em_backbones.catalog import get_spec
-from em_backbones.techniques import check_techniques, drop_token_embedding
+from em_backbones.registration import BackboneArgs, register_backbone
+from em_backbones.techniques import drop_token_embedding
 from em_backbones.terratorch_native import evenly_spaced_layers
 
 INTERNVIT_300M = dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096,
@@ -75,6 +75,13 @@ def internvl_config(name: str, scale: str, img_size: int = 448) -> InternVLConfi
     )
 
 
+def load_or_build_vlm(args: BackboneArgs, architecture: str) -> InternVLModel:
+    """Weights from a local Hugging Face directory when given, else random weights from the config."""
+    if args.ckpt_path:
+        return InternVLModel.from_pretrained(args.ckpt_path, local_files_only=True)
+    return InternVLModel(internvl_config(architecture, args.scale, args.img_size))
+
+
 class BandAdapter(nn.Module):
     """Learned 1x1 convolution from all S1+S2 bands to the three channels the tower was trained on."""
 
@@ -95,23 +102,19 @@ class BandAdapter(nn.Module):
 class InternVLBackbone(nn.Module):
     """TerraTorch backbone: S1+S2 dict in, LLM hidden states over the visual tokens as maps out."""
 
-    def __init__(self, name: str, scale: str, modalities: list[str], img_size: int, ckpt_path: str | None,
-                 out_indices: list[int] | None, gradient_checkpointing: bool) -> None:
+    def __init__(self, args: BackboneArgs) -> None:
         super().__init__()
-        self.modalities = list(modalities)
-        if ckpt_path:
-            self.vlm = InternVLModel.from_pretrained(ckpt_path, local_files_only=True)
-        else:
-            self.vlm = InternVLModel(internvl_config(name, scale, img_size))
+        self.modalities = args.modalities
+        self.vlm = load_or_build_vlm(args, args.name)
         drop_token_embedding(self.vlm.language_model)
         depth = self.vlm.config.text_config.num_hidden_layers
         # hidden_states[0] is the projector output; LLM layer k's output is hidden_states[k + 1].
-        self.out_indices = out_indices or [k + 1 for k in evenly_spaced_layers(depth)]
+        self.out_indices = args.out_indices or [k + 1 for k in evenly_spaced_layers(depth)]
         width = self.vlm.config.text_config.hidden_size
         self.out_channels = [width] * len(self.out_indices)
-        self.patch_size = get_spec(name).patch_size  # 14 px patches, 2x2 merged by the shuffle: 28 px per token
+        self.patch_size = get_spec(args.name).patch_size  # 14 px patches, 2x2 merged by the shuffle: 28 px per token
         self.adapter = BandAdapter(stacked_band_names(self.modalities))
-        if gradient_checkpointing:
+        if args.gradient_checkpointing:
             self.vlm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
     def forward(self, x: dict[str, torch.Tensor] | torch.Tensor) -> list[torch.Tensor]:
@@ -124,23 +127,6 @@ class InternVLBackbone(nn.Module):
         return [hidden[i].transpose(1, 2).reshape(tokens.shape[0], -1, side, side) for i in self.out_indices]
 
 
-def _builder(name: str):
-    def build(scale: str = "tiny", modalities=("S1RTC", "S2L2A"), img_size: int = 448, pretrained: bool = False,
-              ckpt_path: str | None = None, out_indices: list[int] | None = None, quantization_bits: int = 16,
-              lora_rank: int = 0, gradient_checkpointing: bool = False, **_ignored) -> InternVLBackbone:
-        check_techniques(quantization_bits, lora_rank)
-        if pretrained and not ckpt_path:
-            raise ValueError(f"{name}: pretrained=True needs ckpt_path, a local Hugging Face directory (no downloads)")
-        return InternVLBackbone(name, scale, list(modalities), img_size, ckpt_path, out_indices, gradient_checkpointing)
-
-    build.__name__ = name
-    return build
-
-
-internvl2_4b = _builder("internvl2_4b")
-internvl2_26b = _builder("internvl2_26b")
-internvl2_40b = _builder("internvl2_40b")
-
-for _fn in (internvl2_4b, internvl2_26b, internvl2_40b):
-    if _fn.__name__ not in TERRATORCH_BACKBONE_REGISTRY:
-        TERRATORCH_BACKBONE_REGISTRY.register(_fn)
+internvl2_4b = register_backbone("internvl2_4b", InternVLBackbone)
+internvl2_26b = register_backbone("internvl2_26b", InternVLBackbone)
+internvl2_40b = register_backbone("internvl2_40b", InternVLBackbone)

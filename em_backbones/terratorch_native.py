@@ -19,10 +19,8 @@ from terratorch.registry import TERRATORCH_BACKBONE_REGISTRY
 
 from em_backbones.bands import CLAY_BAND_NAMES, stacked_band_names
 from em_backbones.catalog import get_spec
-from em_backbones.techniques import check_techniques, checkpoint_blocks
-
-DEFAULT_MODALITIES = ("S1RTC", "S2L2A")
-
+from em_backbones.registration import BackboneArgs, register_backbone
+from em_backbones.techniques import checkpoint_blocks
 
 def evenly_spaced_layers(depth: int, count: int = 4) -> list[int]:
     """Indices of `count` layers spread over the depth, always ending at the last layer."""
@@ -81,10 +79,9 @@ def _patch_embed_channels(ckpt_path: str) -> int | None:
 class PrithviS1S2(S1S2Backbone):
     """Prithvi ViT whose patch embedding takes every S1 and S2 band as a channel."""
 
-    def __init__(self, scale: str, modalities: list[str], img_size: int, pretrained: bool,
-                 ckpt_path: str | None, out_indices: list[int] | None, gradient_checkpointing: bool) -> None:
-        spec = get_spec("em_prithvi")
-        name = spec.scales[scale]["terratorch_name"]
+    def __init__(self, args: BackboneArgs) -> None:
+        spec = get_spec(args.name)
+        ckpt_path, modalities = args.ckpt_path, args.modalities
         bands = [PRITHVI_HLS_NAMES.get(b, b) for b in stacked_band_names(modalities)]
         extra = {}
         if ckpt_path and _patch_embed_channels(ckpt_path) == len(bands):
@@ -92,13 +89,13 @@ class PrithviS1S2(S1S2Backbone):
             extra["pretrained_bands"] = [HLSBands.try_convert_to_hls_bands_enum(b) for b in bands]
         vit = TERRATORCH_BACKBONE_REGISTRY.build(
             # TerraTorch's Prithvi reads ckpt_path only with pretrained=True; a path never downloads.
-            name, pretrained=pretrained or bool(ckpt_path), ckpt_path=ckpt_path, bands=bands,
-            img_size=img_size, num_frames=1, **extra,
+            spec.scales[args.scale]["terratorch_name"], pretrained=args.pretrained or bool(ckpt_path),
+            ckpt_path=ckpt_path, bands=bands, img_size=args.img_size, num_frames=1, **extra,
         )
         depth = len(vit.blocks)
-        super().__init__(modalities, out_indices or evenly_spaced_layers(depth), vit.embed_dim, spec.patch_size)
+        super().__init__(modalities, args.out_indices or evenly_spaced_layers(depth), vit.embed_dim, spec.patch_size)
         self.vit = vit
-        if gradient_checkpointing:
+        if args.gradient_checkpointing:
             checkpoint_blocks(vit.blocks)
 
     def forward(self, x: dict[str, torch.Tensor] | torch.Tensor) -> list[torch.Tensor]:
@@ -109,18 +106,17 @@ class PrithviS1S2(S1S2Backbone):
 class TerraMindS1S2(S1S2Backbone):
     """TerraMind ViT with its own embedding per modality; tokens of S1 and S2 are mean-merged."""
 
-    def __init__(self, scale: str, modalities: list[str], img_size: int, pretrained: bool,
-                 ckpt_path: str | None, out_indices: list[int] | None, gradient_checkpointing: bool) -> None:
-        spec = get_spec("em_terramind")
-        name = spec.scales[scale]["terratorch_name"]
+    def __init__(self, args: BackboneArgs) -> None:
+        spec = get_spec(args.name)
         vit = TERRATORCH_BACKBONE_REGISTRY.build(
-            name, pretrained=pretrained, ckpt_path=ckpt_path, modalities=list(modalities), img_size=img_size,
+            spec.scales[args.scale]["terratorch_name"], pretrained=args.pretrained, ckpt_path=args.ckpt_path,
+            modalities=args.modalities, img_size=args.img_size,
         )
         depth = len(vit.encoder)
         width = vit.encoder_norm.normalized_shape[0]
-        super().__init__(modalities, out_indices or evenly_spaced_layers(depth), width, spec.patch_size)
+        super().__init__(args.modalities, args.out_indices or evenly_spaced_layers(depth), width, spec.patch_size)
         self.vit = vit
-        if gradient_checkpointing:
+        if args.gradient_checkpointing:
             checkpoint_blocks(vit.encoder)
 
     def forward(self, x: dict[str, torch.Tensor]) -> list[torch.Tensor]:
@@ -136,21 +132,19 @@ class ClayS1S2(S1S2Backbone):
     zero (unknown for these chips); ground sampling distance is Sentinel's 10 m.
     """
 
-    def __init__(self, scale: str, modalities: list[str], img_size: int, pretrained: bool,
-                 ckpt_path: str | None, out_indices: list[int] | None, gradient_checkpointing: bool) -> None:
-        spec = get_spec("em_clay")
-        hp = spec.scales[scale]
-        if pretrained and not ckpt_path:
-            raise ValueError("em_clay: pretrained=True needs ckpt_path to a local Clay checkpoint (no downloads)")
-        super().__init__(modalities, out_indices or evenly_spaced_layers(hp["depth"]), hp["dim"], spec.patch_size)
-        self.datacuber = Datacuber(bands=[CLAY_BAND_NAMES[b] for b in stacked_band_names(modalities)])
+    def __init__(self, args: BackboneArgs) -> None:
+        spec = get_spec(args.name)
+        hp = spec.scales[args.scale]
+        super().__init__(args.modalities, args.out_indices or evenly_spaced_layers(hp["depth"]), hp["dim"],
+                         spec.patch_size)
+        self.datacuber = Datacuber(bands=[CLAY_BAND_NAMES[b] for b in stacked_band_names(args.modalities)])
         self.encoder = EmbeddingEncoder(
-            img_size=img_size, patch_size=spec.patch_size, dim=hp["dim"], depth=hp["depth"], heads=hp["heads"],
+            img_size=args.img_size, patch_size=spec.patch_size, dim=hp["dim"], depth=hp["depth"], heads=hp["heads"],
             dim_head=hp["dim_head"], mlp_ratio=hp["mlp_ratio"],
         )
-        if ckpt_path:
-            load_clay_encoder_weights(self.encoder, ckpt_path)
-        if gradient_checkpointing:
+        if args.ckpt_path:
+            load_clay_encoder_weights(self.encoder, args.ckpt_path)
+        if args.gradient_checkpointing:
             checkpoint_blocks(self.encoder.transformer.layers)
 
     def forward(self, x: dict[str, torch.Tensor] | torch.Tensor) -> list[torch.Tensor]:
@@ -174,31 +168,7 @@ def load_clay_encoder_weights(encoder: nn.Module, ckpt_path: str) -> None:
         raise ValueError(f"{ckpt_path}: checkpoint lacks encoder weights {result.missing_keys[:5]}")
 
 
-def _builder(cls: type[S1S2Backbone]):
-    def build(scale: str = "tiny", modalities: list[str] | tuple[str, ...] = DEFAULT_MODALITIES, img_size: int = 224,
-              pretrained: bool = False, ckpt_path: str | None = None, out_indices: list[int] | None = None,
-              quantization_bits: int = 16, lora_rank: int = 0, gradient_checkpointing: bool = False,
-              **_ignored) -> S1S2Backbone:
-        check_techniques(quantization_bits, lora_rank)
-        if scale not in ("tiny", "full"):
-            raise ValueError(f"scale must be 'tiny' or 'full', got {scale!r}")
-        return cls(scale, list(modalities), img_size, pretrained, ckpt_path, out_indices, gradient_checkpointing)
-
-    return build
-
-
-def em_prithvi(**kwargs) -> S1S2Backbone:
-    return _builder(PrithviS1S2)(**kwargs)
-
-
-def em_terramind(**kwargs) -> S1S2Backbone:
-    return _builder(TerraMindS1S2)(**kwargs)
-
-
-def em_clay(**kwargs) -> S1S2Backbone:
-    return _builder(ClayS1S2)(**kwargs)
-
-
-for _fn in (em_prithvi, em_terramind, em_clay):
-    if _fn.__name__ not in TERRATORCH_BACKBONE_REGISTRY:
-        TERRATORCH_BACKBONE_REGISTRY.register(_fn)
+# Prithvi and TerraMind may download published weights through TerraTorch when asked to.
+em_prithvi = register_backbone("em_prithvi", PrithviS1S2, local_weights_only=False)
+em_terramind = register_backbone("em_terramind", TerraMindS1S2, local_weights_only=False)
+em_clay = register_backbone("em_clay", ClayS1S2)
