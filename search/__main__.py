@@ -1,4 +1,4 @@
-"""Command line: `python -m search run SPACE [--out DIR] [--address ADDR]`."""
+"""Command line: `python -m search run SPACE`, `check BACKBONE`, `bench --backbones ...`."""
 
 from __future__ import annotations
 
@@ -18,6 +18,18 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--out", type=Path, default=None, help="run directory (default: runs/<name>-<time>)")
     run.add_argument("--address", default=None,
                      help="Ray cluster to join ('auto' or host:port); default: start embedded local Ray")
+    check = commands.add_parser("check", help="build a backbone and run real S1+S2 chips through it")
+    check.add_argument("backbone")
+    check.add_argument("--scale", default="tiny", choices=["tiny", "full"])
+    check.add_argument("--batch-size", type=int, default=2)
+    check.add_argument("--img-size", type=int, default=112)
+    bench = commands.add_parser("bench", help="parameters, memory, throughput and outputs per backbone and scale")
+    bench.add_argument("--backbones", nargs="+", required=True)
+    bench.add_argument("--scales", nargs="+", default=["tiny", "full"], choices=["tiny", "full"])
+    bench.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 2])
+    bench.add_argument("--img-size", type=int, default=112)
+    bench.add_argument("--out", type=Path, default=Path("runs/bench"))
+    bench.add_argument("--measure-full", action="store_true", help="also build full scale for real (needs the memory)")
     args = parser.parse_args(argv)
 
     from search.data import DataError
@@ -25,9 +37,24 @@ def main(argv: list[str] | None = None) -> int:
     from search.space import SpaceError
     from search.tuner import ResourceError
 
+    from em_backbones.catalog import CATALOG
+
+    names = [args.backbone] if args.command == "check" else getattr(args, "backbones", [])
+    unknown = [n for n in names if n not in CATALOG]
+    if unknown:
+        print(f"error: unknown backbone {unknown[0]!r}; known: {', '.join(sorted(CATALOG))}", file=sys.stderr)
+        return 2
     try:
         if args.command == "run":
             run_search(args.space, args.out, args.address)
+        elif args.command == "check":
+            from search.check import check_backbone
+
+            return 0 if check_backbone(args.backbone, args.scale, args.batch_size, args.img_size) else 1
+        elif args.command == "bench":
+            from search.bench import run_bench
+
+            run_bench(args.backbones, args.scales, args.batch_sizes, args.img_size, args.out, args.measure_full)
     except (SpaceError, DataError, RunError, ResourceError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
