@@ -32,6 +32,21 @@ def finished_run(real_chips, tmp_path_factory):
     return outcome
 
 
+def test_tier1_and_tier3_backbones_train_inside_the_search(real_chips, tmp_path):
+    tiers = {1: ["earthmind_v1", "granite_4_tiny"], 3: ["internvl2_40b"]}
+    space_file = tmp_path / "space.yaml"
+    space_file.write_text(yaml.safe_dump(small_space(real_chips, tiers=tiers, **{
+        "training.num_samples": 3, "training.epochs": 1})))
+    try:
+        outcome = run_search(space_file, tmp_path / "run")
+    finally:
+        ray.shutdown()
+    assert len(outcome.rows) == 3
+    for row in outcome.rows:
+        assert row["status"] == "completed", row["error"]
+        assert row["backbone"] in tiers[row["tier"]] and 0.0 <= row["val_miou"] <= 1.0
+
+
 def test_results_table_has_one_row_per_trial(finished_run):
     table = pq.read_table(finished_run.out_dir / "results.parquet")
     assert table.schema.equals(SCHEMA)
