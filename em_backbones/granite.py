@@ -85,6 +85,20 @@ class GraniteVisualEncoder(nn.Module):
         if args.gradient_checkpointing:
             self.llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
+    lora_target_names = ("q_proj", "k_proj", "v_proj", "o_proj", "in_proj", "out_proj", "input_linear",
+                         "output_linear")
+
+    def quantizable_blocks(self) -> list[nn.Module]:
+        return [self.llm.layers]
+
+    def expert_modules(self) -> list[tuple[nn.Module, str]]:
+        """3-D expert weights: quantized per expert by QuantizedExperts, never LoRA'd (frozen under LoRA)."""
+        return [(layer.block_sparse_moe, "experts") for layer in self.llm.layers if layer.block_sparse_moe is not None]
+
+    def new_parameters(self) -> list[nn.Parameter]:
+        """The stem, lift and output maps have no pretrained weights: they always train."""
+        return [*self.patch_embed.parameters(), self.pos_embed, *self.lift.parameters(), *self.out_proj.parameters()]
+
     def _position_embedding(self, length: int) -> torch.Tensor:
         """The learned grid, resized bicubically when inputs are larger (TerraTorch pads to 2 patches)."""
         if length == self.pos_embed.shape[1]:

@@ -82,6 +82,16 @@ def load_or_build_vlm(args: BackboneArgs, architecture: str) -> InternVLModel:
     return InternVLModel(internvl_config(architecture, args.scale, args.img_size))
 
 
+# InternViT attention/MLP and Qwen2/Llama attention/MLP projections.
+INTERNVL_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "projection_layer", "fc1", "fc2",
+                         "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+def vlm_blocks(vlm: InternVLModel) -> list[nn.Module]:
+    """The vision tower's and the LLM's transformer layers; projector and embeddings stay outside."""
+    return [vlm.vision_tower.encoder.layer, vlm.language_model.layers]
+
+
 class BandAdapter(nn.Module):
     """Learned 1x1 convolution from all S1+S2 bands to the three channels the tower was trained on."""
 
@@ -116,6 +126,15 @@ class InternVLBackbone(nn.Module):
         self.adapter = BandAdapter(stacked_band_names(self.modalities))
         if args.gradient_checkpointing:
             self.vlm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+    # Memory techniques (em_backbones.techniques): what is quantized and LoRA'd, what always trains.
+    lora_target_names = INTERNVL_LORA_TARGETS
+
+    def quantizable_blocks(self) -> list[nn.Module]:
+        return vlm_blocks(self.vlm)
+
+    def new_parameters(self) -> list[nn.Parameter]:
+        return list(self.adapter.parameters())
 
     def forward(self, x: dict[str, torch.Tensor] | torch.Tensor) -> list[torch.Tensor]:
         pixels = x if isinstance(x, torch.Tensor) else torch.cat([x[m] for m in self.modalities], dim=1)

@@ -4,7 +4,9 @@ On CUDA the allocator knows the truth: peak allocated bytes. On the CPU there is
 counter to read, so the trial accounts for what training keeps alive at its peak, the moment
 between the end of the forward pass and the start of backward:
 
-    parameters + gradients + optimizer state + tensors autograd saved for backward
+    weights + gradients + optimizer state + tensors autograd saved for backward
+
+Weights are parameters (quantized ones at their packed size), buffers and quantization constants.
 
 Saved tensors are counted through `torch.autograd.graph.saved_tensors_hooks`, once per storage,
 and storages that are parameters are not counted twice. Transient buffers freed inside the
@@ -16,10 +18,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import bitsandbytes as bnb
 import torch
 from torch import nn
 
-CPU_METHOD = "cpu_accounting(params+grads+optimizer_state+saved_activations)"
+from em_backbones.quantization import quantization_state_bytes
+
+CPU_METHOD = "cpu_accounting(weights+grads+optimizer_state+saved_activations)"
 CUDA_METHOD = "cuda_max_memory_allocated"
 
 
@@ -29,6 +34,12 @@ def tensor_bytes(tensor: torch.Tensor) -> int:
 
 def parameter_bytes(model: nn.Module) -> int:
     return sum(tensor_bytes(p) for p in model.parameters())
+
+
+def weight_bytes(model: nn.Module) -> int:
+    """Everything the model holds: parameters (packed, for quantized layers), buffers, and the
+    quantization constants bitsandbytes keeps beside its packed weights."""
+    return parameter_bytes(model) + sum(tensor_bytes(b) for b in model.buffers()) + quantization_state_bytes(model)
 
 
 def gradient_bytes(model: nn.Module) -> int:
@@ -49,22 +60,33 @@ class SavedActivationCounter:
     """Counts bytes autograd saves for backward while active; one count per storage.
 
     Use as a context manager around a forward pass. `bytes` is the total held when the forward
-    ends, which is the activation peak of the step.
+    ends, which is the activation peak of the step. bitsandbytes' int8 matmul keeps its input on
+    its autograd context rather than through `save_for_backward`, which the hooks cannot see; when
+    `exclude` (the model) is given, inputs of its `Linear8bitLt` layers are counted by a forward hook.
     """
 
     def __init__(self, exclude: nn.Module | None = None) -> None:
         self._exclude = {p.untyped_storage().data_ptr() for p in exclude.parameters()} if exclude else set()
+        self._int8_layers = [m for m in exclude.modules() if isinstance(m, bnb.nn.Linear8bitLt)] if exclude else []
+        self._handles: list = []
         self._seen: set[int] = set()
         self.bytes = 0
         self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, self._unpack)
 
-    def _pack(self, tensor: torch.Tensor) -> torch.Tensor:
+    def _count(self, tensor: torch.Tensor) -> None:
         if tensor.device.type != "meta":
             ptr = tensor.untyped_storage().data_ptr()
             if ptr not in self._seen and ptr not in self._exclude:
                 self._seen.add(ptr)
                 self.bytes += tensor.untyped_storage().nbytes()
+
+    def _pack(self, tensor: torch.Tensor) -> torch.Tensor:
+        self._count(tensor)
         return tensor
+
+    def _int8_input(self, module: nn.Module, args: tuple) -> None:
+        if torch.is_grad_enabled() and args and args[0].requires_grad:
+            self._count(args[0])
 
     @staticmethod
     def _unpack(tensor: torch.Tensor) -> torch.Tensor:
@@ -72,10 +94,14 @@ class SavedActivationCounter:
 
     def __enter__(self) -> "SavedActivationCounter":
         self._hooks.__enter__()
+        self._handles = [m.register_forward_pre_hook(self._int8_input) for m in self._int8_layers]
         return self
 
     def __exit__(self, *exc) -> None:
         self._hooks.__exit__(*exc)
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
 
 
 @dataclass

@@ -14,7 +14,7 @@ from terratorch.registry import TERRATORCH_BACKBONE_REGISTRY
 from torch import nn
 
 from em_backbones.catalog import SCALES, get_spec
-from em_backbones.techniques import check_techniques
+from em_backbones.techniques import Techniques, apply_techniques
 
 DEFAULT_MODALITIES = ("S1RTC", "S2L2A")
 
@@ -39,15 +39,18 @@ def register_backbone(name: str, cls: Callable[[BackboneArgs], nn.Module],
 
     def build(scale: str = "tiny", modalities=DEFAULT_MODALITIES, img_size: int | None = None,
               pretrained: bool = False, ckpt_path: str | None = None, out_indices: list[int] | None = None,
-              quantization_bits: int = 16, lora_rank: int = 0, gradient_checkpointing: bool = False,
-              **_ignored) -> nn.Module:
-        check_techniques(quantization_bits, lora_rank)
+              quantization_bits: int = 16, quant_type: str = "nf4", double_quant: bool = True,
+              lora_rank: int = 0, lora_alpha: float | None = None, lora_dropout: float = 0.0,
+              gradient_checkpointing: bool = False, **_ignored) -> nn.Module:
+        techniques = Techniques(quantization_bits, quant_type, double_quant, lora_rank, lora_alpha, lora_dropout,
+                                gradient_checkpointing)
         if scale not in SCALES:
             raise ValueError(f"{name}: scale must be one of {SCALES}, got {scale!r}")
         if pretrained and not ckpt_path and local_weights_only:
             raise ValueError(f"{name}: pretrained=True needs ckpt_path to local weights (no downloads)")
-        return cls(BackboneArgs(name, scale, list(modalities), img_size or get_spec(name).native_img_size,
-                                pretrained, ckpt_path, out_indices, gradient_checkpointing))
+        model = cls(BackboneArgs(name, scale, list(modalities), img_size or get_spec(name).native_img_size,
+                                 pretrained, ckpt_path, out_indices, gradient_checkpointing))
+        return apply_techniques(model, techniques)
 
     build.__name__ = name
     if name not in TERRATORCH_BACKBONE_REGISTRY:

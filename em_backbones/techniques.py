@@ -1,18 +1,61 @@
-"""Memory-saving techniques applied to a built backbone.
+"""Memory-saving techniques applied to a built backbone: quantization, LoRA, gradient checkpointing.
 
-Gradient checkpointing is here; bitsandbytes quantization and peft LoRA arrive with the
-memory-technique work and are refused clearly until then, so no trial silently records a
-technique it did not apply.
+All three arrive as backbone arguments (`backbone_quantization_bits`, `backbone_lora_rank`,
+`backbone_gradient_checkpointing`, ...), so a TerraTorch YAML that names them trains the same model.
+
+What trains under each setting (TerraTorch's decoder and head always train):
+- 16 bits, rank 0: the whole backbone (full fine-tuning).
+- 4 or 8 bits, rank 0: quantized layers (weights and biases) are frozen; norms,
+  embeddings, projector, adapters still train.
+- rank > 0 (LoRA; QLoRA on a quantized backbone): the pretrained backbone is frozen, the LoRA
+  matrices train, and so do modules the backbone adds that have no pretrained weights
+  (`new_parameters()`: band adapters, stems).
+
+A backbone class opts in by providing `quantizable_blocks()` (the transformer blocks whose Linear
+layers are quantized and LoRA'd), `lora_target_names` (leaf names of those layers),
+`new_parameters()`, and optionally `expert_modules()` (parents of 3-D mixture-of-experts weights).
 """
 
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 
+from peft import LoraConfig, inject_adapter_in_model, prepare_model_for_kbit_training
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from em_backbones.quantization import QUANT_TYPES, QUANTIZED_LAYERS, QuantizedExperts, bnb_config, \
+    quantize_linear_layers
+
 SUPPORTED_BITS = (4, 8, 16)
+
+
+@dataclass(frozen=True)
+class Techniques:
+    """The memory settings of one backbone; defaults are off."""
+
+    quantization_bits: int = 16
+    quant_type: str = "nf4"
+    double_quant: bool = True
+    lora_rank: int = 0
+    lora_alpha: float | None = None  # None: 2 x rank
+    lora_dropout: float = 0.0
+    gradient_checkpointing: bool = False
+
+    def __post_init__(self) -> None:
+        if self.quantization_bits not in SUPPORTED_BITS:
+            raise ValueError(f"quantization_bits must be one of {SUPPORTED_BITS}, got {self.quantization_bits}")
+        if self.quant_type not in QUANT_TYPES:
+            raise ValueError(f"quant_type must be one of {QUANT_TYPES}, got {self.quant_type!r}")
+        if self.lora_rank < 0:
+            raise ValueError(f"lora_rank must be >= 0 (0 = off), got {self.lora_rank}")
+        if not 0.0 <= self.lora_dropout < 1.0:
+            raise ValueError(f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
+
+    @property
+    def alpha(self) -> float:
+        return self.lora_alpha if self.lora_alpha is not None else 2.0 * self.lora_rank
 
 
 def checkpoint_blocks(blocks: nn.ModuleList) -> None:
@@ -45,13 +88,41 @@ def drop_token_embedding(language_model: nn.Module) -> None:
     language_model.embed_tokens = None
 
 
-def check_techniques(quantization_bits: int, lora_rank: int) -> None:
-    """Refuse technique settings this build cannot yet apply, naming the argument."""
-    if quantization_bits not in SUPPORTED_BITS:
-        raise ValueError(f"quantization_bits must be one of {SUPPORTED_BITS}, got {quantization_bits}")
-    if lora_rank < 0:
-        raise ValueError(f"lora_rank must be >= 0 (0 = off), got {lora_rank}")
-    if quantization_bits != 16:
-        raise NotImplementedError(f"quantization_bits={quantization_bits}: bitsandbytes quantization is not wired yet")
-    if lora_rank > 0:
-        raise NotImplementedError(f"lora_rank={lora_rank}: peft LoRA is not wired yet")
+def lora_target_modules(backbone: nn.Module) -> list[str]:
+    """Full names of the Linear layers LoRA adapts: the named leaves inside the quantizable blocks."""
+    block_ids = {id(b) for b in backbone.quantizable_blocks()}
+    names = []
+    for prefix, module in backbone.named_modules():
+        if id(module) in block_ids:
+            names += [f"{prefix}.{n}" for n, m in module.named_modules()
+                      if n.rsplit(".", 1)[-1] in backbone.lora_target_names and hasattr(m, "weight")]
+    return names
+
+
+def apply_techniques(backbone: nn.Module, techniques: Techniques) -> nn.Module:
+    """Quantize, then freeze and add LoRA, as peft's QLoRA recipe does; in place, returns `backbone`."""
+    config = bnb_config(techniques.quantization_bits, techniques.quant_type, techniques.double_quant)
+    if config is not None:
+        for blocks in backbone.quantizable_blocks():
+            quantize_linear_layers(blocks, config)
+        for parent, name in getattr(backbone, "expert_modules", list)():
+            setattr(parent, name, QuantizedExperts(getattr(parent, name), config))
+        # What transformers sets after a quantized from_pretrained; peft reads it.
+        backbone.is_loaded_in_4bit = config.load_in_4bit
+        backbone.is_loaded_in_8bit = config.load_in_8bit
+        # Freezes everything and upcasts 16-bit non-quantized weights to fp32 for stable training.
+        prepare_model_for_kbit_training(backbone, use_gradient_checkpointing=False)
+        if techniques.lora_rank == 0:  # everything but the quantized layers (weights and biases) trains
+            quantized = {id(p) for m in backbone.modules() if isinstance(m, QUANTIZED_LAYERS) for p in m.parameters()}
+            for param in backbone.parameters():
+                param.requires_grad_(id(param) not in quantized)
+    if techniques.lora_rank > 0:
+        backbone.requires_grad_(False)
+        inject_adapter_in_model(
+            LoraConfig(r=techniques.lora_rank, lora_alpha=techniques.alpha, lora_dropout=techniques.lora_dropout,
+                       target_modules=lora_target_modules(backbone)),
+            backbone,
+        )
+        for param in backbone.new_parameters():
+            param.requires_grad_(True)
+    return backbone

@@ -56,6 +56,15 @@ class S1S2Backbone(nn.Module):
         self.out_channels = [width] * len(self.out_indices)
         self.patch_size = patch_size  # read by TerraTorch's factory to pad inputs
 
+    lora_target_names = ("qkv", "proj", "fc1", "fc2")  # timm-style ViT blocks (Prithvi, TerraMind)
+
+    def quantizable_blocks(self) -> list[nn.Module]:
+        raise NotImplementedError
+
+    def new_parameters(self) -> list[nn.Parameter]:
+        """Pretrained backbones add nothing new by default."""
+        return []
+
     def select(self, maps: list[torch.Tensor]) -> list[torch.Tensor]:
         return [maps[i] for i in self.out_indices]
 
@@ -98,6 +107,13 @@ class PrithviS1S2(S1S2Backbone):
         if args.gradient_checkpointing:
             checkpoint_blocks(vit.blocks)
 
+    def quantizable_blocks(self) -> list[nn.Module]:
+        return [self.vit.blocks]
+
+    def new_parameters(self) -> list[nn.Parameter]:
+        """The patch embedding is rebuilt for the S1+S2 bands, so it trains even under LoRA."""
+        return list(self.vit.patch_embed.parameters())
+
     def forward(self, x: dict[str, torch.Tensor] | torch.Tensor) -> list[torch.Tensor]:
         tokens = self.vit(stack_modalities(x, self.modalities))
         return self.select(self.vit.prepare_features_for_image_model(tokens))
@@ -118,6 +134,9 @@ class TerraMindS1S2(S1S2Backbone):
         self.vit = vit
         if args.gradient_checkpointing:
             checkpoint_blocks(vit.encoder)
+
+    def quantizable_blocks(self) -> list[nn.Module]:
+        return [self.vit.encoder]
 
     def forward(self, x: dict[str, torch.Tensor]) -> list[torch.Tensor]:
         tokens = self.vit({m: x[m] for m in self.modalities})
@@ -144,8 +163,13 @@ class ClayS1S2(S1S2Backbone):
         )
         if args.ckpt_path:
             load_clay_encoder_weights(self.encoder, args.ckpt_path)
-        if args.gradient_checkpointing:
-            checkpoint_blocks(self.encoder.transformer.layers)
+        if args.gradient_checkpointing:  # each layer is a ModuleList [attention, feed-forward] without a forward
+            checkpoint_blocks([sub for layer in self.encoder.transformer.layers for sub in layer])
+
+    lora_target_names = ("to_qkv", "to_out", "1", "3")  # attention; FeedForward's net[1], net[3]
+
+    def quantizable_blocks(self) -> list[nn.Module]:
+        return [self.encoder.transformer.layers]
 
     def forward(self, x: dict[str, torch.Tensor] | torch.Tensor) -> list[torch.Tensor]:
         pixels = stack_modalities(x, self.modalities)

@@ -12,7 +12,7 @@ from em_backbones.memory import (
     StepMemory,
     gradient_bytes,
     optimizer_state_bytes,
-    parameter_bytes,
+    weight_bytes,
 )
 
 
@@ -44,7 +44,7 @@ class PeakMemoryMeter(pl.Callback):
         self._counter.__exit__(None, None, None)
         optimizers = trainer.optimizers
         step = StepMemory(
-            parameters=parameter_bytes(pl_module),
+            parameters=weight_bytes(pl_module),
             gradients=gradient_bytes(pl_module),
             # The optimizer allocates its state at the first step, so from the second step on this
             # is the real state; the peak is taken over all steps of the trial.

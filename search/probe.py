@@ -7,7 +7,7 @@ normalised per band, centre-cropped to the requested size.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import rasterio
@@ -15,9 +15,10 @@ import torch
 from terratorch.registry import BACKBONE_REGISTRY
 
 import em_backbones  # noqa: F401  (registers the backbones)
+from em_backbones.techniques import Techniques
 from em_backbones.counting import backbone_params, published_params
 from em_backbones.memory import SavedActivationCounter, StepMemory, gradient_bytes, optimizer_state_bytes, \
-    parameter_bytes
+    weight_bytes
 from search.data import SAMPLE_DATA
 
 
@@ -57,8 +58,9 @@ class ProbeResult:
     train_seconds: float
 
 
-def probe(name: str, scale: str, batch_size: int, img_size: int, train_step: bool = True) -> ProbeResult:
-    model = BACKBONE_REGISTRY.build(name, scale=scale, img_size=img_size)
+def probe(name: str, scale: str, batch_size: int, img_size: int, train_step: bool = True,
+          techniques: Techniques = Techniques()) -> ProbeResult:
+    model = BACKBONE_REGISTRY.build(name, scale=scale, img_size=img_size, **asdict(techniques))
     batch = real_batch(batch_size, img_size)
     model.eval()
     with torch.no_grad():
@@ -66,7 +68,7 @@ def probe(name: str, scale: str, batch_size: int, img_size: int, train_step: boo
         outputs = model(batch)
         forward_seconds = time.perf_counter() - started
     stacked = torch.cat([o.detach().flatten().float() for o in outputs])
-    memory, train_seconds = StepMemory(parameter_bytes(model), 0, 0, 0), float("nan")
+    memory, train_seconds = StepMemory(weight_bytes(model), 0, 0, 0), float("nan")
     if train_step:
         model.train()
         optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
@@ -74,7 +76,7 @@ def probe(name: str, scale: str, batch_size: int, img_size: int, train_step: boo
             started = time.perf_counter()
             with SavedActivationCounter(exclude=model) as counter:
                 loss = sum(o.float().square().mean() for o in model(batch))
-            memory = StepMemory(parameter_bytes(model), gradient_bytes(model), optimizer_state_bytes(optimizer),
+            memory = StepMemory(weight_bytes(model), gradient_bytes(model), optimizer_state_bytes(optimizer),
                                 counter.bytes)
             loss.backward()
             optimizer.step()
