@@ -1,4 +1,4 @@
-"""Command line: `python -m search run SPACE`, `check BACKBONE`, `bench --backbones ...`."""
+"""Command line: `python -m search run SPACE`, `check BACKBONE`, `bench --backbones ...`, `memory ...`."""
 
 from __future__ import annotations
 
@@ -30,6 +30,15 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--img-size", type=int, default=112)
     bench.add_argument("--out", type=Path, default=Path("runs/bench"))
     bench.add_argument("--measure-full", action="store_true", help="also build full scale for real (needs the memory)")
+    memory = commands.add_parser("memory", help="memory per technique (measured tiny, predicted full) or --validate")
+    memory.add_argument("--backbone", help="backbone for --test")
+    memory.add_argument("--test", nargs="+", default=["all"],
+                        help="techniques: all or any of none 8bit 4bit lora checkpointing qlora qlora_ckpt")
+    memory.add_argument("--validate", action="store_true",
+                        help="estimator vs measurement on tiny configurations of every backbone and technique")
+    memory.add_argument("--full-batch-size", type=int, default=1)
+    memory.add_argument("--full-img-size", type=int, default=None, help="default: the backbone's published size")
+    memory.add_argument("--out", type=Path, default=Path("runs/memory"))
     args = parser.parse_args(argv)
 
     from search.data import DataError
@@ -40,6 +49,18 @@ def main(argv: list[str] | None = None) -> int:
     from em_backbones.catalog import CATALOG
 
     names = [args.backbone] if args.command == "check" else getattr(args, "backbones", [])
+    if args.command == "memory":
+        from search.memory_bench import TECHNIQUES
+
+        if not args.validate and args.backbone is None:
+            print("error: memory: give --backbone NAME (with --test) or --validate", file=sys.stderr)
+            return 2
+        bad = [t for t in args.test if t not in TECHNIQUES and t != "all"]
+        if bad:
+            print(f"error: memory --test: unknown technique {bad[0]!r}; known: all, {', '.join(TECHNIQUES)}",
+                  file=sys.stderr)
+            return 2
+        names = [args.backbone] if args.backbone else []
     unknown = [n for n in names if n not in CATALOG]
     if unknown:
         print(f"error: unknown backbone {unknown[0]!r}; known: {', '.join(sorted(CATALOG))}", file=sys.stderr)
@@ -55,6 +76,10 @@ def main(argv: list[str] | None = None) -> int:
             from search.bench import run_bench
 
             run_bench(args.backbones, args.scales, args.batch_sizes, args.img_size, args.out, args.measure_full)
+        elif args.command == "memory":
+            from search.memory_bench import run_memory
+
+            run_memory(args.backbone, args.test, args.validate, args.out, args.full_batch_size, args.full_img_size)
     except (SpaceError, DataError, RunError, ResourceError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -16,6 +16,7 @@ from search.space import SEARCHED_PARAMS
 STATUS_COMPLETED = "completed"
 STATUS_STOPPED = "stopped_early"
 STATUS_FAILED = "failed"
+STATUS_INFEASIBLE = "infeasible"  # predicted over the memory budget: never trained
 
 SCHEMA = pa.schema([
     ("trial_id", pa.string()),
@@ -32,6 +33,7 @@ SCHEMA = pa.schema([
     ("epochs_run", pa.int64()),
     ("val_miou", pa.float64()),
     ("peak_gb", pa.float64()),
+    ("predicted_gb", pa.float64()),
     ("memory_method", pa.string()),
     ("objective", pa.float64()),
     ("param_gb", pa.float64()),
@@ -64,6 +66,8 @@ def trial_rows(result_grid, max_epochs: int, scale: str) -> list[dict[str, Any]]
         epochs_run = int(metrics.get("training_iteration", 0) or 0)
         if result.error is not None:
             status, error = STATUS_FAILED, f"{type(result.error).__name__}: {str(result.error).strip().splitlines()[-1]}"
+        elif metrics.get("infeasible"):
+            status, error = STATUS_INFEASIBLE, f"predicted {config.get('predicted_gb', float('nan')):.2f} GB > budget"
         elif epochs_run < max_epochs:
             status, error = STATUS_STOPPED, None
         else:
@@ -78,6 +82,7 @@ def trial_rows(result_grid, max_epochs: int, scale: str) -> list[dict[str, Any]]
             "epochs_run": epochs_run,
             "val_miou": _float(metrics.get("val_miou")),
             "peak_gb": _float(metrics.get("peak_gb")),
+            "predicted_gb": _float(config.get("predicted_gb")),
             "memory_method": metrics.get("memory_method"),
             "objective": _float(metrics.get("objective")),
             "param_gb": _float(metrics.get("param_gb")),
@@ -98,7 +103,7 @@ def to_table(rows: list[dict[str, Any]]) -> pa.Table:
 
 
 def best_row(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
-    scored = [r for r in rows if r["objective"] is not None and r["status"] != STATUS_FAILED]
+    scored = [r for r in rows if r["objective"] is not None and r["status"] not in (STATUS_FAILED, STATUS_INFEASIBLE)]
     return max(scored, key=lambda r: r["objective"]) if scored else None
 
 
@@ -125,7 +130,7 @@ def slot_utilisation(rows: list[dict[str, Any]], slots: int, search_wall_seconds
 
 def summary_table(rows: list[dict[str, Any]], top: int = 10) -> str:
     header = f"{'trial':<14} {'backbone':<13} {'status':<13} {'ep':>2} {'bits':>4} {'lora':>4} {'ckpt':>4} " \
-             f"{'lr':>8} {'bs':>3} {'val mIoU':>9} {'peak GB':>8} {'mIoU/GB':>9}"
+             f"{'lr':>8} {'bs':>3} {'val mIoU':>9} {'peak GB':>8} {'pred GB':>8} {'mIoU/GB':>9}"
     lines = [header, "-" * len(header)]
     ranked = sorted(rows, key=lambda r: (r["objective"] is None, -(r["objective"] or 0.0)))
     for r in ranked[:top]:
@@ -136,6 +141,7 @@ def summary_table(rows: list[dict[str, Any]], top: int = 10) -> str:
             f"{fmt(r['quantization_bits'], '>4')} {fmt(r['lora_rank'], '>4')} "
             f"{'yes' if r['gradient_checkpointing'] else 'no':>4} {fmt(r['learning_rate'], '>8.1e')} "
             f"{fmt(r['batch_size'], '>3')} {fmt(r['val_miou'], '>9.4f')} {fmt(r['peak_gb'], '>8.4f')} "
+            f"{fmt(r['predicted_gb'], '>8.4f')} "
             f"{fmt(r['objective'], '>9.3f')}"
         )
         if r["error"]:

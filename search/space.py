@@ -16,7 +16,9 @@ import yaml
 
 from em_backbones.bands import MODALITY_BANDS
 from em_backbones.catalog import CATALOG
-from em_backbones.techniques import SUPPORTED_BITS
+from em_backbones.estimate import PRECISION_BYTES, estimate
+from em_backbones.quantization import QUANT_TYPES
+from em_backbones.techniques import SUPPORTED_BITS, Techniques
 
 
 class SpaceError(ValueError):
@@ -40,6 +42,7 @@ class ResourceSpec:
     cpus_per_worker: float = 1.0
     gpus_per_worker: float | None = None  # None: 1 if the cluster has GPUs, else 0
     max_concurrent_trials: int | None = None  # None: as many as the cluster's resources hold
+    memory_budget_gb: float | None = None  # per worker; configurations predicted over it never train
 
 
 @dataclass(frozen=True)
@@ -59,14 +62,21 @@ class Space:
     seed: int
     decoder: str
     decoder_channels: int
+    quant_type: str = "nf4"
+    double_quant: bool = True
+    lora_alpha: float | None = None
+    lora_dropout: float = 0.0
+    precision: str = "32-true"
     data: DataSpec = field(default_factory=DataSpec)
     resources: ResourceSpec = field(default_factory=ResourceSpec)
     source: str = ""
 
 
 TOP_KEYS = {"name", "scale", "tiers", "techniques", "training", "decoder", "data", "resources"}
-TECHNIQUE_KEYS = {"quantization_bits", "lora_rank", "gradient_checkpointing"}
-TRAINING_KEYS = {"learning_rate", "batch_size", "epochs", "grace_period", "reduction_factor", "num_samples", "seed"}
+TECHNIQUE_KEYS = {"quantization_bits", "lora_rank", "gradient_checkpointing", "quant_type", "double_quant",
+                  "lora_alpha", "lora_dropout"}
+TRAINING_KEYS = {"learning_rate", "batch_size", "epochs", "grace_period", "reduction_factor", "num_samples", "seed",
+                 "precision"}
 DECODER_KEYS = {"name", "channels"}
 DATA_KEYS = set(DataSpec.__dataclass_fields__)
 RESOURCE_KEYS = set(ResourceSpec.__dataclass_fields__)
@@ -173,7 +183,21 @@ def parse_space(raw: Any, source: str = "<space>") -> Space:
             c.fail(p, "true or false", v)
         return v
 
+    quant_type = tech.get("quant_type", "nf4")
+    if quant_type not in QUANT_TYPES:
+        c.fail("techniques.quant_type", f"one of {list(QUANT_TYPES)}", quant_type)
+    double_quant = flag(tech.get("double_quant", True), "techniques.double_quant")
+    lora_alpha = tech.get("lora_alpha")
+    if lora_alpha is not None:
+        c.number(lora_alpha, "techniques.lora_alpha", 0.0, strictly=True)
+    lora_dropout = tech.get("lora_dropout", 0.0)
+    if isinstance(lora_dropout, bool) or not isinstance(lora_dropout, (int, float)) or not 0 <= lora_dropout < 1:
+        c.fail("techniques.lora_dropout", "a number in [0, 1)", lora_dropout)
+
     training = c.section(raw, "training", TRAINING_KEYS)
+    precision = training.get("precision", "32-true")
+    if precision not in PRECISION_BYTES:
+        c.fail("training.precision", f"one of {sorted(PRECISION_BYTES)} (Lightning precision)", precision)
     lr = training.get("learning_rate", {"low": 1e-4, "high": 3e-3})
     if not isinstance(lr, dict) or set(lr) != {"low", "high"}:
         c.fail("training.learning_rate", "a mapping {low: L, high: H} (sampled log-uniformly)", lr)
@@ -209,6 +233,8 @@ def parse_space(raw: Any, source: str = "<space>") -> Space:
         c.number(resources.gpus_per_worker, "resources.gpus_per_worker", 0.0)
     if resources.max_concurrent_trials is not None:
         c.integer(resources.max_concurrent_trials, "resources.max_concurrent_trials", 1)
+    if resources.memory_budget_gb is not None:
+        c.number(resources.memory_budget_gb, "resources.memory_budget_gb", 0.0, strictly=True)
 
     return Space(
         name=str(raw.get("name", Path(source).stem)),
@@ -229,6 +255,11 @@ def parse_space(raw: Any, source: str = "<space>") -> Space:
         seed=c.integer(training.get("seed", 0), "training.seed", 0),
         decoder=str(decoder.get("name", "UperNetDecoder")),
         decoder_channels=c.integer(decoder.get("channels", 64), "decoder.channels", 1),
+        quant_type=quant_type,
+        double_quant=double_quant,
+        lora_alpha=None if lora_alpha is None else float(lora_alpha),
+        lora_dropout=float(lora_dropout),
+        precision=precision,
         data=data,
         resources=resources,
         source=source,
@@ -240,8 +271,25 @@ def backbone_param(tier: int) -> str:
     return f"backbone_tier{tier}"
 
 
+def trial_techniques(space: Space, params: dict[str, Any]) -> Techniques:
+    """The memory techniques of one sampled configuration, with the space's fixed settings."""
+    return Techniques(int(params["quantization_bits"]), space.quant_type, space.double_quant,
+                      int(params["lora_rank"]), space.lora_alpha, space.lora_dropout,
+                      bool(params["gradient_checkpointing"]))
+
+
+def predicted_peak_gb(space: Space, backbone: str, params: dict[str, Any]) -> float:
+    """The estimator's peak for one worker of this trial at the run's scale (backbone training step)."""
+    peak = estimate(backbone, space.scale, trial_techniques(space, params), int(params["batch_size"]),
+                    space.data.tile_size, space.precision, tuple(space.data.modalities)).peak
+    return peak / 1e9
+
+
 class DefineByRun:
     """What OptunaSearch calls per trial: tier first, then a backbone of that tier.
+
+    With a memory budget, the predicted peak becomes an Optuna constraint (feasible when <= 0), so
+    TPE learns which regions do not fit before any of them trains.
 
     A class rather than a closure so Ray Tune can pickle the searcher into its experiment
     checkpoint (needed to resume a search).
@@ -258,8 +306,12 @@ class DefineByRun:
         trial.suggest_categorical("lora_rank", list(space.lora_rank))
         trial.suggest_categorical("gradient_checkpointing", list(space.gradient_checkpointing))
         trial.suggest_float("learning_rate", *space.learning_rate, log=True)
-        trial.suggest_categorical("batch_size", list(space.batch_size))
-        return {"backbone": backbone}
+        batch_size = trial.suggest_categorical("batch_size", list(space.batch_size))
+        params = {name: trial.params[name] for name in ("quantization_bits", "lora_rank", "gradient_checkpointing")}
+        predicted = predicted_peak_gb(space, backbone, {**params, "batch_size": batch_size})
+        if space.resources.memory_budget_gb is not None:
+            trial.set_constraint("predicted_gb_over_budget", predicted - space.resources.memory_budget_gb)
+        return {"backbone": backbone, "predicted_gb": predicted}
 
 
 SEARCHED_PARAMS = ("tier", "backbone", "quantization_bits", "lora_rank", "gradient_checkpointing",

@@ -123,10 +123,19 @@ def train_worker(loop_config: dict[str, Any]) -> None:
 
 
 def run_trial(config: dict[str, Any], space: Space, prepared_root: str, resources: TrialResources) -> None:
-    """Ray Tune trainable: sampled parameters in, a Ray Train run out; metrics flow per epoch."""
+    """Ray Tune trainable: sampled parameters in, a Ray Train run out; metrics flow per epoch.
+
+    A configuration the estimator puts over the space's per-worker memory budget reports once,
+    as infeasible with objective 0 (it produced no model), and never starts a worker.
+    """
     tt_config = terratorch_config(space, config, PreparedData.load(Path(prepared_root)))
     trial_dir = Path(ray.tune.get_context().get_trial_dir())
     (trial_dir / "terratorch_config.yaml").write_text(yaml.safe_dump(tt_config, sort_keys=False))
+    budget = space.resources.memory_budget_gb
+    if budget is not None and config["predicted_gb"] > budget:
+        ray.tune.report({"infeasible": True, "predicted_gb": config["predicted_gb"], "objective": 0.0,
+                         "epoch": 0, "val_miou": float("nan")})
+        return
     trainer = TorchTrainer(
         train_worker,
         train_loop_config={"terratorch": tt_config},

@@ -72,8 +72,8 @@ def test_local_checkpoint_loads_identical_weights(name, inner, tmp_path):
             assert torch.equal(a, b)
 
 
-def test_techniques_not_yet_wired_are_refused_not_ignored():
-    with pytest.raises(NotImplementedError, match="quantization_bits=4"):
-        BACKBONE_REGISTRY.build("em_prithvi", scale="tiny", img_size=112, quantization_bits=4)
+def test_unsupported_technique_settings_are_refused_by_name():
     with pytest.raises(ValueError, match="quantization_bits must be one of"):
         BACKBONE_REGISTRY.build("em_prithvi", scale="tiny", img_size=112, quantization_bits=3)
+    with pytest.raises(ValueError, match="lora_rank must be >= 0"):
+        BACKBONE_REGISTRY.build("em_prithvi", scale="tiny", img_size=112, lora_rank=-1)

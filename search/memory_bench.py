@@ -1,0 +1,154 @@
+"""`search memory`: what each memory technique buys, measured at tiny scale and predicted at full scale.
+
+`--test all` trains two steps of the tiny backbone per technique on real S1+S2 chips (CPU accounting
+of em_backbones.memory) and predicts the full-scale peak with em_backbones.estimate (bf16 weights
+and activations, AdamW, batch 1 at the published input size by default).
+`--validate` compares the estimator with the measurement on tiny configurations over every backbone
+and technique and prints the median and worst relative error.
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pyarrow as pa  # noqa: E402
+
+from em_backbones.catalog import CATALOG, get_spec  # noqa: E402
+from em_backbones.estimate import estimate  # noqa: E402
+from em_backbones.memory import gigabytes  # noqa: E402
+from em_backbones.techniques import Techniques  # noqa: E402
+from search.export import write_results  # noqa: E402
+from search.probe import probe  # noqa: E402
+
+TECHNIQUES: dict[str, Techniques] = {
+    "none": Techniques(),
+    "8bit": Techniques(quantization_bits=8),
+    "4bit": Techniques(quantization_bits=4),
+    "lora": Techniques(lora_rank=16),
+    "checkpointing": Techniques(gradient_checkpointing=True),
+    "qlora": Techniques(quantization_bits=4, lora_rank=16),
+    "qlora_ckpt": Techniques(quantization_bits=4, lora_rank=16, gradient_checkpointing=True),
+}
+TINY_IMG = 112
+FULL_PRECISION = "bf16-true"
+
+
+def technique_rows(backbone: str, names: list[str], tiny_batch: int = 2, full_batch: int = 1,
+                   full_img: int | None = None) -> list[dict[str, Any]]:
+    full_img = full_img or get_spec(backbone).native_img_size
+    rows = []
+    for name in names:
+        t = TECHNIQUES[name]
+        measured = probe(backbone, "tiny", tiny_batch, TINY_IMG, techniques=t)
+        tiny = estimate(backbone, "tiny", t, tiny_batch, TINY_IMG)
+        full = estimate(backbone, "full", t, full_batch, full_img, precision=FULL_PRECISION)
+        rows.append({
+            "backbone": backbone, "technique": name, **asdict(t),
+            "tiny_trainable_params": measured.trainable, "tiny_weight_gb": gigabytes(measured.train_step.parameters),
+            "tiny_measured_gb": gigabytes(measured.train_step.total), "tiny_predicted_gb": gigabytes(tiny.accounted),
+            "full_trainable_params": full.trainable_params, "full_weight_gb": gigabytes(full.weights),
+            "full_optimizer_gb": gigabytes(full.gradients + full.optimizer_state),
+            "full_activation_gb": gigabytes(full.activations + full.recompute),
+            "full_predicted_peak_gb": gigabytes(full.peak), "full_batch_size": full_batch, "full_img_size": full_img,
+        })
+    return rows
+
+
+def technique_table(rows: list[dict[str, Any]]) -> str:
+    header = (f"{'technique':<14} {'tiny trainable':>14} {'tiny weights GB':>15} {'tiny measured GB':>16} "
+              f"{'tiny predicted GB':>17} | {'full trainable':>14} {'full weights GB':>15} "
+              f"{'full grads+opt GB':>17} {'full act GB':>11} {'full peak GB':>12}")
+    lines = [f"{rows[0]['backbone']}: full scale = bf16, AdamW, batch {rows[0]['full_batch_size']}, "
+             f"{rows[0]['full_img_size']} px", header, "-" * len(header)]
+    for r in rows:
+        lines.append(
+            f"{r['technique']:<14} {r['tiny_trainable_params']:>14,} {r['tiny_weight_gb']:>15.5f} "
+            f"{r['tiny_measured_gb']:>16.5f} {r['tiny_predicted_gb']:>17.5f} | {r['full_trainable_params']:>14,} "
+            f"{r['full_weight_gb']:>15.2f} {r['full_optimizer_gb']:>17.2f} {r['full_activation_gb']:>11.2f} "
+            f"{r['full_predicted_peak_gb']:>12.2f}")
+    return "\n".join(lines)
+
+
+def draw_techniques(rows: list[dict[str, Any]], path: Path) -> None:
+    """Left: predicted full-scale peak split into weights / grads+optimizer / activations. Right: tiny measured."""
+    labels = [r["technique"] for r in rows]
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    bottom = [0.0] * len(rows)
+    for key, colour, label in (("full_weight_gb", "#4c72b0", "weights"),
+                               ("full_optimizer_gb", "#dd8452", "gradients + AdamW"),
+                               ("full_activation_gb", "#55a868", "activations")):
+        values = [r[key] for r in rows]
+        axes[0].bar(labels, values, bottom=bottom, color=colour, label=label)
+        bottom = [b + v for b, v in zip(bottom, values)]
+    axes[0].set_ylabel("GB"), axes[0].legend()
+    axes[0].set_title(f"{rows[0]['backbone']} full scale, predicted (bf16, batch {rows[0]['full_batch_size']})")
+    axes[1].bar(labels, [r["tiny_measured_gb"] * 1e3 for r in rows], color="#8172b3", label="measured")
+    axes[1].plot(labels, [r["tiny_predicted_gb"] * 1e3 for r in rows], "k_", markersize=22, label="predicted")
+    axes[1].set_ylabel("MB"), axes[1].legend(), axes[1].set_title("tiny scale, one training step on CPU")
+    for ax in axes:
+        ax.tick_params(axis="x", rotation=30)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def validation_configs() -> list[tuple[str, str, int]]:
+    """Every backbone x every technique, batch sizes 1, 2 and 4 in turn: 56 tiny configurations."""
+    configs = []
+    for i, backbone in enumerate(CATALOG):
+        for j, technique in enumerate(TECHNIQUES):
+            configs.append((backbone, technique, (1, 2, 4)[(i + j) % 3]))
+    return configs
+
+
+def validation_rows(configs: list[tuple[str, str, int]]) -> list[dict[str, Any]]:
+    rows = []
+    for backbone, technique, batch in configs:
+        t = TECHNIQUES[technique]
+        measured = probe(backbone, "tiny", batch, TINY_IMG, techniques=t).train_step
+        predicted = estimate(backbone, "tiny", t, batch, TINY_IMG)
+        rows.append({"backbone": backbone, "technique": technique, "batch_size": batch,
+                     "measured_gb": gigabytes(measured.total), "predicted_gb": gigabytes(predicted.accounted),
+                     "measured_activation_gb": gigabytes(measured.saved_activations),
+                     "predicted_activation_gb": gigabytes(predicted.activations),
+                     "relative_error": (predicted.accounted - measured.total) / measured.total})
+    return rows
+
+
+def validation_table(rows: list[dict[str, Any]]) -> str:
+    header = f"{'backbone':<15} {'technique':<14} {'bs':>3} {'measured MB':>12} {'predicted MB':>12} {'error':>7}"
+    lines = [header, "-" * len(header)]
+    for r in rows:
+        lines.append(f"{r['backbone']:<15} {r['technique']:<14} {r['batch_size']:>3} {r['measured_gb'] * 1e3:>12.3f} "
+                     f"{r['predicted_gb'] * 1e3:>12.3f} {r['relative_error']:>+7.1%}")
+    errors = [abs(r["relative_error"]) for r in rows]
+    worst = max(rows, key=lambda r: abs(r["relative_error"]))
+    lines.append(f"\n{len(rows)} configurations: median |error| {statistics.median(errors):.1%}, worst "
+                 f"{max(errors):.1%} ({worst['backbone']}, {worst['technique']}, batch {worst['batch_size']}); goal: median <= 10%")
+    return "\n".join(lines)
+
+
+def run_memory(backbone: str | None, tests: list[str], validate: bool, out: Path, full_batch: int = 1,
+               full_img: int | None = None, echo=print) -> list[dict[str, Any]]:
+    out.mkdir(parents=True, exist_ok=True)
+    if validate:
+        rows = validation_rows(validation_configs())
+        write_results(pa.Table.from_pylist(rows), out / "memory_validation.parquet")
+        echo(validation_table(rows))
+        echo(f"\nwrote {out / 'memory_validation.parquet'}")
+        return rows
+    names = list(TECHNIQUES) if tests == ["all"] else tests
+    rows = technique_rows(backbone, names, full_batch=full_batch, full_img=full_img)
+    stem = f"memory_{backbone}"
+    write_results(pa.Table.from_pylist(rows), out / f"{stem}.parquet")
+    draw_techniques(rows, out / f"{stem}.png")
+    echo(technique_table(rows))
+    echo(f"\nwrote {out / f'{stem}.parquet'} and {out / f'{stem}.png'}")
+    return rows
