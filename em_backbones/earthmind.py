@@ -64,7 +64,7 @@ class EarthMindBackbone(nn.Module):
         self.patch_size = get_spec("earthmind_v1").patch_size
         self.alignment_loss = torch.zeros(())
         if args.gradient_checkpointing:
-            self.vlm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            self.vlm.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
 
     lora_target_names = INTERNVL_LORA_TARGETS
 

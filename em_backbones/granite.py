@@ -83,7 +83,7 @@ class GraniteVisualEncoder(nn.Module):
         self.out_proj = nn.ModuleList(nn.Linear(width, stem) for _ in self.out_indices)
         self.out_channels = [stem] * len(self.out_indices)
         if args.gradient_checkpointing:
-            self.llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            self.llm.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
 
     lora_target_names = ("q_proj", "k_proj", "v_proj", "o_proj", "in_proj", "out_proj", "input_linear",
                          "output_linear")

@@ -125,7 +125,7 @@ class InternVLBackbone(nn.Module):
         self.patch_size = get_spec(args.name).patch_size  # 14 px patches, 2x2 merged by the shuffle: 28 px per token
         self.adapter = BandAdapter(stacked_band_names(self.modalities))
         if args.gradient_checkpointing:
-            self.vlm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            self.vlm.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
 
     # Memory techniques (em_backbones.techniques): what is quantized and LoRA'd, what always trains.
     lora_target_names = INTERNVL_LORA_TARGETS

@@ -56,6 +56,7 @@ def technique_rows(backbone: str, names: list[str], tiny_batch: int = 2, full_ba
             "full_trainable_params": full.trainable_params, "full_weight_gb": gigabytes(full.weights),
             "full_optimizer_gb": gigabytes(full.gradients + full.optimizer_state),
             "full_activation_gb": gigabytes(full.activations + full.recompute),
+            "full_overhead_gb": gigabytes(full.overhead),
             "full_predicted_peak_gb": gigabytes(full.peak), "full_batch_size": full_batch, "full_img_size": full_img,
         })
     return rows
@@ -83,7 +84,8 @@ def draw_techniques(rows: list[dict[str, Any]], path: Path) -> None:
     bottom = [0.0] * len(rows)
     for key, colour, label in (("full_weight_gb", "#4c72b0", "weights"),
                                ("full_optimizer_gb", "#dd8452", "gradients + AdamW"),
-                               ("full_activation_gb", "#55a868", "activations")):
+                               ("full_activation_gb", "#55a868", "activations"),
+                               ("full_overhead_gb", "#c4c4c4", "overhead (10%)")):
         values = [r[key] for r in rows]
         axes[0].bar(labels, values, bottom=bottom, color=colour, label=label)
         bottom = [b + v for b, v in zip(bottom, values)]

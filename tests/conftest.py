@@ -40,7 +40,7 @@ def small_space(data_root: Path | None, **overrides) -> dict:
         node = space
         *parents, last = dotted.split(".")
         for key in parents:
-            node = node[key]
+            node = node.setdefault(key, {})
         node[last] = value
     return space
 

@@ -45,3 +45,21 @@ def test_tier_spaces_name_their_tiers_backbones(path, tier):
     space = load_space(path)
     assert set(space.tiers) == {tier}
     assert all(CATALOG[name].tier == tier for name in space.tiers[tier])
+
+
+def test_memory_command_writes_table_parquet_and_chart(tmp_path, capsys):
+    assert main(["memory", "--backbone", "internvl2_4b", "--test", "none", "qlora_ckpt", "--out", str(tmp_path)]) == 0
+    rows = pq.read_table(tmp_path / "memory_internvl2_4b.parquet").to_pylist()
+    assert [r["technique"] for r in rows] == ["none", "qlora_ckpt"]
+    none, qlora = rows
+    assert qlora["full_predicted_peak_gb"] < 0.2 * none["full_predicted_peak_gb"]
+    assert qlora["tiny_measured_gb"] < none["tiny_measured_gb"]
+    assert qlora["tiny_predicted_gb"] == pytest.approx(qlora["tiny_measured_gb"], rel=0.1)
+    assert (tmp_path / "memory_internvl2_4b.png").stat().st_size > 10_000
+    assert "qlora_ckpt" in capsys.readouterr().out
+
+
+def test_memory_command_refuses_unknown_technique(capsys):
+    assert main(["memory", "--backbone", "internvl2_4b", "--test", "qlora8"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown technique 'qlora8'" in err and len(err.strip().splitlines()) == 1

@@ -32,10 +32,11 @@ def finished_run(real_chips, tmp_path_factory):
     return outcome
 
 
-def test_tier1_and_tier3_backbones_train_inside_the_search(real_chips, tmp_path):
+def test_tier1_and_tier3_backbones_train_quantized_with_lora_inside_the_search(real_chips, tmp_path):
     tiers = {1: ["earthmind_v1", "granite_4_tiny"], 3: ["internvl2_40b"]}
     space_file = tmp_path / "space.yaml"
     space_file.write_text(yaml.safe_dump(small_space(real_chips, tiers=tiers, **{
+        "techniques.quantization_bits": [4, 8], "techniques.lora_rank": [8],
         "training.num_samples": 3, "training.epochs": 1})))
     try:
         outcome = run_search(space_file, tmp_path / "run")
@@ -45,6 +46,45 @@ def test_tier1_and_tier3_backbones_train_inside_the_search(real_chips, tmp_path)
     for row in outcome.rows:
         assert row["status"] == "completed", row["error"]
         assert row["backbone"] in tiers[row["tier"]] and 0.0 <= row["val_miou"] <= 1.0
+        assert row["quantization_bits"] in (4, 8) and row["lora_rank"] == 8
+        assert 0.0 < row["predicted_gb"] and 0.0 < row["peak_gb"]
+    # The exported QLoRA config trains under TerraTorch's own CLI, techniques included.
+    config = yaml.safe_load((outcome.out_dir / "best.yaml").read_text())
+    model_args = config["model"]["init_args"]["model_args"]
+    assert model_args["backbone_quantization_bits"] in (4, 8) and model_args["backbone_lora_rank"] == 8
+    result = subprocess.run([sys.executable, "-m", "terratorch", "fit", "-c", str(outcome.out_dir / "best.yaml"),
+                             "--trainer.fast_dev_run=true"], cwd=tmp_path, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_configurations_over_the_memory_budget_never_train(real_chips, tmp_path):
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    budget = 0.0085  # GB: tiny InternVL2-26B at batch 4 fits with 4-bit weights, not at 16 bits
+    space_file = tmp_path / "space.yaml"
+    space_file.write_text(yaml.safe_dump(small_space(real_chips, tiers={3: ["internvl2_26b"]}, **{
+        "techniques.quantization_bits": [4, 16], "techniques.lora_rank": [0],
+        "techniques.gradient_checkpointing": [False, True], "resources.memory_budget_gb": budget,
+        "training.num_samples": 6, "training.epochs": 1})))
+    try:
+        outcome = run_search(space_file, tmp_path / "run")
+    finally:
+        ray.shutdown()
+    statuses = {r["status"] for r in outcome.rows}
+    assert "infeasible" in statuses and "completed" in statuses
+    for row in outcome.rows:
+        assert (row["status"] == "infeasible") == (row["predicted_gb"] > budget), row
+        if row["status"] == "infeasible":
+            assert row["quantization_bits"] == 16 and row["peak_gb"] is None and row["train_seconds"] is None
+            assert "budget" in row["error"]
+    assert outcome.best["status"] == "completed"
+    storage = JournalStorage(JournalFileBackend(str(outcome.out_dir / "optuna_journal.log")))
+    study = optuna.load_study(study_name="test", storage=storage)
+    constraints = [t.constraints["predicted_gb_over_budget"] for t in study.trials]
+    assert any(c > 0 for c in constraints) and any(c <= 0 for c in constraints)
 
 
 def test_results_table_has_one_row_per_trial(finished_run):
