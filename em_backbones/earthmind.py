@@ -22,7 +22,7 @@ from torch import nn
 
 from em_backbones.bands import bands_of
 from em_backbones.catalog import get_spec
-from em_backbones.internvl import INTERNVL_LORA_TARGETS, BandAdapter, load_or_build_vlm, vlm_blocks
+from em_backbones.internvl import BandAdapter, InternVLTechniqueTargets, load_or_build_vlm
 from em_backbones.registration import BackboneArgs, register_backbone
 from em_backbones.techniques import drop_token_embedding
 from em_backbones.terratorch_native import evenly_spaced_layers
@@ -42,7 +42,7 @@ class TokenReweighting(nn.Module):
         return sar * score(sar), optical * score(optical)
 
 
-class EarthMindBackbone(nn.Module):
+class EarthMindBackbone(InternVLTechniqueTargets, nn.Module):
     """TerraTorch backbone: {SAR, optical} → shared InternVL → reweight, concat → LLM → maps."""
 
     def __init__(self, args: BackboneArgs) -> None:
@@ -65,11 +65,6 @@ class EarthMindBackbone(nn.Module):
         self.alignment_loss = torch.zeros(())
         if args.gradient_checkpointing:
             self.vlm.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-
-    lora_target_names = INTERNVL_LORA_TARGETS
-
-    def quantizable_blocks(self) -> list[nn.Module]:
-        return vlm_blocks(self.vlm)
 
     def new_parameters(self) -> list[nn.Parameter]:
         """Adapters and reweighting are EarthMind's own fusion layers; they train under LoRA too."""

@@ -92,6 +92,15 @@ def vlm_blocks(vlm: InternVLModel) -> list[nn.Module]:
     return [vlm.vision_tower.encoder.layer, vlm.language_model.layers]
 
 
+class InternVLTechniqueTargets:
+    """What em_backbones.techniques quantizes and LoRA-adapts in any backbone built around `self.vlm`."""
+
+    lora_target_names = INTERNVL_LORA_TARGETS
+
+    def quantizable_blocks(self) -> list[nn.Module]:
+        return vlm_blocks(self.vlm)
+
+
 class BandAdapter(nn.Module):
     """Learned 1x1 convolution from all S1+S2 bands to the three channels the tower was trained on."""
 
@@ -109,7 +118,7 @@ class BandAdapter(nn.Module):
         return self.proj(x)
 
 
-class InternVLBackbone(nn.Module):
+class InternVLBackbone(InternVLTechniqueTargets, nn.Module):
     """TerraTorch backbone: S1+S2 dict in, LLM hidden states over the visual tokens as maps out."""
 
     def __init__(self, args: BackboneArgs) -> None:
@@ -126,12 +135,6 @@ class InternVLBackbone(nn.Module):
         self.adapter = BandAdapter(stacked_band_names(self.modalities))
         if args.gradient_checkpointing:
             self.vlm.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-
-    # Memory techniques (em_backbones.techniques): what is quantized and LoRA'd, what always trains.
-    lora_target_names = INTERNVL_LORA_TARGETS
-
-    def quantizable_blocks(self) -> list[nn.Module]:
-        return vlm_blocks(self.vlm)
 
     def new_parameters(self) -> list[nn.Parameter]:
         return list(self.adapter.parameters())
