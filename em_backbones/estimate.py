@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import functools
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from accelerate import init_empty_weights
 from torch import nn
@@ -41,6 +41,7 @@ from terratorch.registry import BACKBONE_REGISTRY
 
 from em_backbones.bands import stacked_band_names
 from em_backbones.catalog import get_spec
+from em_backbones.quantization import quantizable_linears
 from em_backbones.techniques import Techniques, lora_target_modules
 
 OVERHEAD_FRACTION = 0.10
@@ -103,7 +104,6 @@ class MemoryEstimate:
     activations: float
     recompute: float
     trainable_params: int
-    breakdown: dict[str, float] = field(default_factory=dict)
 
     @property
     def accounted(self) -> float:
@@ -130,24 +130,23 @@ def quantized_weight_bytes(in_features: int, out_features: int, bits: int, doubl
 
 
 @functools.lru_cache(maxsize=64)
-def meta_backbone(name: str, scale: str, img_size: int, modalities: tuple[str, ...]) -> nn.Module:
-    """The unquantized backbone with empty weights: free to build at any scale."""
+def backbone_profile(name: str, scale: str, img_size: int,
+                     modalities: tuple[str, ...]) -> tuple[ParameterGroups, Architecture]:
+    """Parameter groups and layer shapes of the unquantized backbone, built with empty weights
+    (free at any scale); computed once per backbone, scale, size and modalities."""
     with init_empty_weights():  # buffers stay real: some builders compute with them (TerraMind)
-        return BACKBONE_REGISTRY.build(name, scale=scale, img_size=img_size, modalities=list(modalities))
+        model = BACKBONE_REGISTRY.build(name, scale=scale, img_size=img_size, modalities=list(modalities))
+    return parameter_groups(model), architecture(name, model, img_size, modalities)
 
 
 def parameter_groups(model: nn.Module) -> ParameterGroups:
-    block_ids = {id(b) for b in model.quantizable_blocks()}
     quantizable, quantized_params, bias = [], set(), 0
-    for module in model.modules():
-        if id(module) not in block_ids:
-            continue
-        for sub in module.modules():
-            if type(sub) is nn.Linear:
-                quantizable.append((sub.in_features, sub.out_features))
-                quantized_params.add(id(sub.weight))
-                if sub.bias is not None:
-                    bias += sub.bias.numel()
+    for blocks in model.quantizable_blocks():
+        for _, linear in quantizable_linears(blocks):
+            quantizable.append((linear.in_features, linear.out_features))
+            quantized_params.add(id(linear.weight))
+            if linear.bias is not None:
+                bias += linear.bias.numel()
     for parent, attr in getattr(model, "expert_modules", list)():
         for weights in (getattr(parent, attr).gate_up_proj, getattr(parent, attr).down_proj):
             quantizable += [(weights.shape[2], weights.shape[1])] * weights.shape[0]
@@ -276,9 +275,7 @@ def architecture(name: str, model: nn.Module, img_size: int, modalities: tuple[s
 def estimate(name: str, scale: str, techniques: Techniques, batch_size: int, img_size: int,
              precision: str = "32-true", modalities: tuple[str, ...] = ("S1RTC", "S2L2A")) -> MemoryEstimate:
     """Predicted memory of one training step of the backbone alone (AdamW, loss on its outputs)."""
-    model = meta_backbone(name, scale, img_size, tuple(modalities))
-    groups = parameter_groups(model)
-    arch = architecture(name, model, img_size, tuple(modalities))
+    groups, arch = backbone_profile(name, scale, img_size, tuple(modalities))
     p_bytes = act_bytes = PRECISION_BYTES[precision]
     bits, rank = techniques.quantization_bits, techniques.lora_rank
     quantizable = sum(i * o for i, o in groups.quantizable)
@@ -299,7 +296,7 @@ def estimate(name: str, scale: str, techniques: Techniques, batch_size: int, img
     gradients = p_bytes * trainable
     optimizer = 2 * p_bytes * trainable + 4 * groups.tensors  # AdamW: two moments + a step counter per tensor
 
-    linear = bits == 8 or rank > 0 or bits == 16
+    linear = rank > 0 or bits != 4  # only frozen 4-bit layers keep no input (see the module docstring)
     norm = rank == 0
     b = batch_size
     lora_per_token = rank + (techniques.lora_dropout > 0) * 1.25 * sum(i for i, _ in groups.lora_targets) / max(
@@ -321,11 +318,5 @@ def estimate(name: str, scale: str, techniques: Techniques, batch_size: int, img
     return MemoryEstimate(
         weights=weights, gradients=gradients, optimizer_state=optimizer, activations=activations,
         recompute=largest_layer if techniques.gradient_checkpointing else 0.0, trainable_params=int(trainable),
-        breakdown={"lora_params": lora_params, "quantizable_params": quantizable, "other_params": groups.other},
     )
-
-
-def predicted_peak_gb(name: str, scale: str, techniques: Techniques, batch_size: int, img_size: int,
-                      precision: str = "32-true") -> float:
-    return estimate(name, scale, techniques, batch_size, img_size, precision).peak / 1e9
 

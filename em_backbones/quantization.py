@@ -30,17 +30,14 @@ QUANTIZED_LAYERS = (bnb.nn.Linear4bit, bnb.nn.Linear8bitLt)
 
 
 def bnb_config(bits: int, quant_type: str = "nf4", double_quant: bool = True) -> BitsAndBytesConfig | None:
-    """16 → None (no quantization); 8 → LLM.int8; 4 → NF4/FP4, optionally with double quantization."""
+    """16 → None (no quantization); 8 → LLM.int8; 4 → NF4/FP4, optionally with double quantization.
+    Arguments arrive validated by `em_backbones.techniques.Techniques`."""
     if bits == 16:
         return None
     if bits == 8:
         return BitsAndBytesConfig(load_in_8bit=True)
-    if bits == 4:
-        if quant_type not in QUANT_TYPES:
-            raise ValueError(f"quant_type must be one of {QUANT_TYPES}, got {quant_type!r}")
-        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=quant_type,
-                                  bnb_4bit_use_double_quant=double_quant)
-    raise ValueError(f"quantization_bits must be 4, 8 or 16, got {bits}")
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=quant_type,
+                              bnb_4bit_use_double_quant=double_quant)
 
 
 def quantized_linear(linear: nn.Linear, config: BitsAndBytesConfig) -> nn.Module:
@@ -67,12 +64,16 @@ def quantized_linear(linear: nn.Linear, config: BitsAndBytesConfig) -> nn.Module
     return layer.to(device)  # quantizes the weight
 
 
-def quantize_linear_layers(blocks: nn.Module, config: BitsAndBytesConfig) -> int:
-    """Replace every plain `nn.Linear` under `blocks` in place; returns how many were replaced."""
-    targets = [(name, module) for name, module in blocks.named_modules() if type(module) is nn.Linear]
-    for name, linear in targets:
+def quantizable_linears(blocks: nn.Module) -> list[tuple[str, nn.Linear]]:
+    """The layers quantization replaces: plain `nn.Linear`s under `blocks` (not subclasses such as
+    MultiheadAttention's NonDynamicallyQuantizableLinear)."""
+    return [(name, module) for name, module in blocks.named_modules() if type(module) is nn.Linear]
+
+
+def quantize_linear_layers(blocks: nn.Module, config: BitsAndBytesConfig) -> None:
+    """Replace every quantizable Linear under `blocks` in place."""
+    for name, linear in quantizable_linears(blocks):
         blocks.set_submodule(name, quantized_linear(linear, config))
-    return len(targets)
 
 
 class QuantizedExperts(nn.Module):

@@ -21,11 +21,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pyarrow as pa  # noqa: E402
 
 from em_backbones.catalog import CATALOG, get_spec  # noqa: E402
-from em_backbones.estimate import estimate  # noqa: E402
+from em_backbones.estimate import MemoryEstimate, estimate  # noqa: E402
 from em_backbones.memory import gigabytes  # noqa: E402
 from em_backbones.techniques import Techniques  # noqa: E402
 from search.export import write_results  # noqa: E402
-from search.probe import probe  # noqa: E402
+from search.probe import ProbeResult, probe  # noqa: E402
 
 TECHNIQUES: dict[str, Techniques] = {
     "none": Techniques(),
@@ -40,14 +40,19 @@ TINY_IMG = 112
 FULL_PRECISION = "bf16-true"
 
 
+def measured_and_predicted(backbone: str, technique: str, batch: int) -> tuple[ProbeResult, MemoryEstimate]:
+    """Two AdamW steps of the tiny backbone on real chips, and the estimator's figure for the same step."""
+    t = TECHNIQUES[technique]
+    return probe(backbone, "tiny", batch, TINY_IMG, techniques=t), estimate(backbone, "tiny", t, batch, TINY_IMG)
+
+
 def technique_rows(backbone: str, names: list[str], tiny_batch: int = 2, full_batch: int = 1,
                    full_img: int | None = None) -> list[dict[str, Any]]:
     full_img = full_img or get_spec(backbone).native_img_size
     rows = []
     for name in names:
         t = TECHNIQUES[name]
-        measured = probe(backbone, "tiny", tiny_batch, TINY_IMG, techniques=t)
-        tiny = estimate(backbone, "tiny", t, tiny_batch, TINY_IMG)
+        measured, tiny = measured_and_predicted(backbone, name, tiny_batch)
         full = estimate(backbone, "full", t, full_batch, full_img, precision=FULL_PRECISION)
         rows.append({
             "backbone": backbone, "technique": name, **asdict(t),
@@ -113,9 +118,8 @@ def validation_configs() -> list[tuple[str, str, int]]:
 def validation_rows(configs: list[tuple[str, str, int]]) -> list[dict[str, Any]]:
     rows = []
     for backbone, technique, batch in configs:
-        t = TECHNIQUES[technique]
-        measured = probe(backbone, "tiny", batch, TINY_IMG, techniques=t).train_step
-        predicted = estimate(backbone, "tiny", t, batch, TINY_IMG)
+        result, predicted = measured_and_predicted(backbone, technique, batch)
+        measured = result.train_step
         rows.append({"backbone": backbone, "technique": technique, "batch_size": batch,
                      "measured_gb": gigabytes(measured.total), "predicted_gb": gigabytes(predicted.accounted),
                      "measured_activation_gb": gigabytes(measured.saved_activations),
