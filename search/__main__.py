@@ -41,6 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     memory.add_argument("--out", type=Path, default=Path("runs/memory"))
     args = parser.parse_args(argv)
 
+    from search.cluster import ClusterError
     from search.data import DataError
     from search.run import RunError, run_search
     from search.space import SpaceError
@@ -80,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
             from search.memory_bench import run_memory
 
             run_memory(args.backbone, args.test, args.validate, args.out, args.full_batch_size, args.full_img_size)
-    except (SpaceError, DataError, RunError, ResourceError) as err:
+    except (SpaceError, DataError, RunError, ResourceError, ClusterError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0

@@ -43,6 +43,11 @@ SCHEMA = pa.schema([
     ("wall_seconds", pa.float64()),
     ("train_seconds", pa.float64()),
     ("node_ip", pa.string()),
+    ("workers", pa.int64()),
+    ("worker_node_ids", pa.list_(pa.string())),
+    ("worker_peak_gb", pa.list_(pa.float64())),
+    ("train_batches", pa.int64()),
+    ("train_loss", pa.float64()),
     ("val_miou_per_epoch", pa.list_(pa.float64())),
 ])
 
@@ -92,6 +97,11 @@ def trial_rows(result_grid, max_epochs: int, scale: str) -> list[dict[str, Any]]
             "wall_seconds": _float(metrics.get("time_total_s")),
             "train_seconds": _float(metrics.get("train_seconds")),
             "node_ip": metrics.get("worker_node_ip"),
+            "workers": metrics.get("world_size"),
+            "worker_node_ids": list(metrics.get("worker_node_ids") or []),
+            "worker_peak_gb": [float(v) for v in metrics.get("worker_peak_gb") or []],
+            "train_batches": metrics.get("train_batches"),
+            "train_loss": _float(metrics.get("train_loss")),
             "val_miou_per_epoch": curve,
         })
         rows.append(row)

@@ -15,7 +15,8 @@ from search.export import write_best_config, write_results
 from search.results import best_row, majority_class_miou, slot_utilisation, summary_table, to_table, trial_rows
 from search.space import Space, load_space
 from search.terratorch_config import terratorch_config
-from search.tuner import build_tuner, connect, plan_resources
+from search.cluster import connect, dashboard_lines
+from search.tuner import build_tuner, plan_resources
 
 
 class RunError(RuntimeError):
@@ -70,9 +71,8 @@ def run_search(space_path: str | Path, out: Path | None = None, address: str | N
     except BaseException:
         shutil.rmtree(out, ignore_errors=True)
         raise
-    dashboard = getattr(context, "dashboard_url", None)
-    echo(f"Ray dashboard: http://{dashboard}  (Ray token auth: `ray get-auth-token` prints the token it asks for)"
-         if dashboard else "Ray dashboard: not running on this cluster")
+    for line in dashboard_lines(context):
+        echo(line)
     echo(f"run directory: {out}")
     echo(f"trials: {space.num_samples}, at most {concurrent} at once, each {resources.num_workers} worker(s) x "
          f"{resources.cpus_per_worker:g} CPU / {resources.gpus_per_worker:g} GPU")

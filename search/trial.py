@@ -18,6 +18,7 @@ from typing import Any
 import lightning.pytorch as pl
 import ray
 import ray.train
+import torch
 import yaml
 from ray.train.lightning import RayDDPStrategy, RayLightningEnvironment, prepare_trainer
 from ray.train.torch import TorchTrainer
@@ -64,6 +65,16 @@ class EpochReporter(pl.Callback):
         self.meter = meter
         self.started = time.monotonic()
         self.node_ip = ray.util.get_node_ip_address()
+        self.node_id = ray.get_runtime_context().get_node_id()
+
+    def worker_peaks(self) -> list[tuple[str, int]]:
+        """(Ray node id, peak bytes) of every data-parallel worker; only rank 0's report reaches Tune."""
+        mine = (self.node_id, int(self.meter.peak_bytes))
+        if not torch.distributed.is_initialized():
+            return [mine]
+        gathered: list[Any] = [None] * torch.distributed.get_world_size()
+        torch.distributed.all_gather_object(gathered, mine)
+        return gathered
 
     def on_train_start(self, trainer, pl_module) -> None:
         self.started = time.monotonic()
@@ -71,7 +82,9 @@ class EpochReporter(pl.Callback):
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         miou = float(trainer.callback_metrics.get(VAL_METRIC, float("nan")))
         loss = float(trainer.callback_metrics.get("train/loss", float("nan")))
-        peak_gb = gigabytes(self.meter.peak_bytes)
+        workers = self.worker_peaks()
+        # Per worker: the largest of the workers' own peaks, the figure that decides whether it fits.
+        peak_gb = gigabytes(max(peak for _, peak in workers))
         breakdown = self.meter.peak_breakdown
         metrics = {
             "epoch": trainer.current_epoch + 1,
@@ -82,7 +95,10 @@ class EpochReporter(pl.Callback):
             "objective": miou / peak_gb if peak_gb > 0 and math.isfinite(miou) else float("nan"),
             "train_seconds": time.monotonic() - self.started,
             "worker_node_ip": self.node_ip,
+            "worker_node_ids": [node for node, _ in workers],
+            "worker_peak_gb": [gigabytes(peak) for _, peak in workers],
             "world_size": trainer.world_size,
+            "train_batches": int(trainer.num_training_batches),
         }
         if breakdown is not None:
             metrics.update({
@@ -104,12 +120,8 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     task = instantiate(config["model"])
     meter = PeakMemoryMeter()
     trainer_args = {k: v for k, v in config["trainer"].items() if k not in ("accelerator", "devices")}
-    world_size = ray.train.get_context().get_world_size()
     trainer = pl.Trainer(
         **trainer_args,
-        # TerraTorch's datamodules hand Lightning a BatchSampler; Lightning's distributed-sampler
-        # injection rebuilds it with batch size 1. One worker needs no sharding, so keep it off.
-        use_distributed_sampler=world_size > 1,
         accelerator="auto",
         devices="auto",
         strategy=RayDDPStrategy(),

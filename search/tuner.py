@@ -11,18 +11,16 @@ controller also reserves no CPU), and the number of concurrent trials is how man
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
-from typing import Any
 
 import optuna
-import ray
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 
+from search.live_metrics import LiveSearchMetrics
 from search.space import DefineByRun, Space
 from search.trial import TrialResources, run_trial
 
@@ -55,17 +53,6 @@ def plan_resources(cluster: dict[str, float], space: Space) -> tuple[TrialResour
     if spec.max_concurrent_trials is not None:
         concurrent = min(concurrent, spec.max_concurrent_trials)
     return trial, max(1, min(concurrent, space.num_samples))
-
-
-def connect(address: str | None) -> Any:
-    """Start embedded local Ray (address None) or join an existing cluster."""
-    os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
-    if ray.is_initialized():
-        return ray.get_runtime_context()
-    kwargs: dict[str, Any] = {"log_to_driver": False, "configure_logging": True, "logging_level": "WARNING"}
-    if address is None:
-        kwargs.update(include_dashboard=True, dashboard_host="127.0.0.1")
-    return ray.init(address=address, **kwargs)
 
 
 def optuna_searcher(space: Space, out_dir: Path) -> OptunaSearch:
@@ -108,6 +95,7 @@ def build_tuner(space: Space, out_dir: Path, prepared_root: Path, resources: Tri
             name="tune",
             storage_path=str(out_dir.resolve()),
             failure_config=tune.FailureConfig(max_failures=0),
+            callbacks=[LiveSearchMetrics(space.name, METRIC)],
             verbose=1,
         ),
     )

@@ -1,0 +1,104 @@
+"""From one machine to a cluster: multi-worker (DDP) trials, a real two-node Ray cluster started with
+`ray start`, the dashboard's token auth and state API, and live search metrics."""
+
+from __future__ import annotations
+
+import math
+import re
+import subprocess
+import sys
+import time
+import urllib.error
+
+import pytest
+import ray
+import yaml
+
+from search.data import PreparedData
+from search.run import run_search
+from tests.conftest import REPO, small_space
+from tests.local_cluster import start_two_node_cluster
+
+
+def prithvi_space(real_chips, **overrides) -> dict:
+    return small_space(real_chips, tiers={2: ["em_prithvi"]}, **{
+        "techniques.gradient_checkpointing": [False], "training.epochs": 1, **overrides})
+
+
+def test_two_workers_per_trial_train_data_parallel_on_shards_of_the_data(real_chips, tmp_path):
+    space_file = tmp_path / "space.yaml"
+    space_file.write_text(yaml.safe_dump(prithvi_space(real_chips, **{
+        "training.num_samples": 1, "training.epochs": 2, "resources.workers_per_trial": 2})))
+    try:
+        outcome = run_search(space_file, tmp_path / "run")
+    finally:
+        ray.shutdown()
+    (row,) = outcome.rows
+    assert row["status"] == "completed", row["error"]
+    assert row["workers"] == 2 and len(row["worker_peak_gb"]) == 2 and len(row["worker_node_ids"]) == 2
+    # Memory is per worker: the larger of the two workers' own peaks, not their sum.
+    assert row["peak_gb"] == pytest.approx(max(row["worker_peak_gb"]))
+    assert 0.5 * row["predicted_gb"] < row["peak_gb"] < 2 * row["predicted_gb"]
+    assert math.isfinite(row["train_loss"]) and 0.0 <= row["val_miou"] <= 1.0
+    assert len(row["val_miou_per_epoch"]) == 2
+    # Each worker sees half of the training tiles in full batches (the BatchSampler bug gave batches of 1).
+    train_tiles = len(PreparedData.load(outcome.out_dir / "data").tiles["train"])
+    batch_size = row["batch_size"]
+    assert row["train_batches"] == math.ceil(train_tiles / 2) // batch_size
+    assert row["train_batches"] < train_tiles // batch_size
+
+
+@pytest.fixture(scope="module")
+def two_nodes():
+    cluster = start_two_node_cluster()
+    yield cluster
+    leftovers = cluster.stop()
+    assert leftovers == [], f"processes of the test cluster survived stop(): {leftovers}"
+
+
+def test_search_joins_a_two_node_cluster_uses_both_nodes_and_is_visible_in_the_dashboard(
+        two_nodes, real_chips, tmp_path):
+    name = "twonodes"
+    space_file = tmp_path / "space.yaml"
+    space_file.write_text(yaml.safe_dump(prithvi_space(real_chips, name=name, **{"training.num_samples": 3})))
+    out = tmp_path / "run"
+    search = subprocess.Popen([sys.executable, "-m", "search", "run", str(space_file), "--out", str(out),
+                               "--address", two_nodes.address], cwd=REPO, env=two_nodes.env(),
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    running_trials, best_seen, done_seen = 0, [], []
+    gauge = re.compile(r'^ray_(search_\w+)\{[^}]*search="' + name + r'"[^}]*\} (\S+)$', re.M)
+    while search.poll() is None:
+        alive = [a for a in two_nodes.actors("ImplicitFunc") if a["state"] == "ALIVE"]
+        running_trials = max(running_trials, sum(a["repr_name"] == "run_trial" for a in alive))
+        for metric, value in gauge.findall(two_nodes.metrics_text()):
+            (best_seen if metric == "search_best_objective" else done_seen if metric == "search_trials_done"
+             else []).append(float(value))
+        time.sleep(1)
+    output = search.stdout.read()
+    assert search.returncode == 0, output[-3000:]
+
+    # The search printed where to watch it, and the dashboard asks for the token as Ray intends.
+    assert f"Ray dashboard: http://127.0.0.1:{two_nodes.dashboard_port}" in output
+    assert "ray get-auth-token" in output
+    with pytest.raises(urllib.error.HTTPError) as unauthorised:
+        two_nodes.get("/api/v0/actors", token=None)
+    assert unauthorised.value.code == 401
+    with pytest.raises(urllib.error.HTTPError) as forbidden:
+        two_nodes.get("/api/v0/actors", token="not-the-token")
+    assert forbidden.value.code == 403
+
+    # Both nodes trained, and the state API agrees with results.parquet on where.
+    import pyarrow.parquet as pq
+
+    rows = pq.read_table(out / "results.parquet").to_pylist()
+    assert len(rows) == 3 and all(r["status"] == "completed" for r in rows), [r["error"] for r in rows]
+    result_nodes = {node for r in rows for node in r["worker_node_ids"]}
+    cluster_nodes = {n["node_id"] for n in two_nodes.get("/api/v0/nodes")["data"]["result"]["result"]}
+    assert result_nodes == cluster_nodes and len(cluster_nodes) == 2
+    assert {a["node_id"] for a in two_nodes.actors("RayTrainWorker")} == result_nodes
+    assert running_trials == 2  # both nodes' single CPU busy at once: two trials ran side by side
+
+    # Live metrics reached the nodes' Prometheus endpoints while the search ran.
+    assert done_seen and max(done_seen) >= 2
+    objectives = [r["objective"] for r in rows]
+    assert best_seen and any(math.isclose(max(best_seen), o, rel_tol=1e-6) for o in objectives)
