@@ -18,6 +18,9 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--out", type=Path, default=None, help="run directory (default: runs/<name>-<time>)")
     run.add_argument("--address", default=None,
                      help="Ray cluster to join ('auto' or host:port); default: start embedded local Ray")
+    run.add_argument("--storage", default=None,
+                     help="URI every node can reach (s3://, gs://, file://...) for Tune's results, the tiles and a "
+                          "mirror of the run directory; default: the run directory itself")
     check = commands.add_parser("check", help="build a backbone and run real S1+S2 chips through it")
     check.add_argument("backbone")
     check.add_argument("--scale", default="tiny", choices=["tiny", "full"])
@@ -45,6 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     from search.data import DataError
     from search.run import RunError, run_search
     from search.space import SpaceError
+    from search.storage import StorageError
     from search.tuner import ResourceError
 
     from em_backbones.catalog import CATALOG
@@ -68,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         if args.command == "run":
-            run_search(args.space, args.out, args.address)
+            run_search(args.space, args.out, args.address, args.storage)
         elif args.command == "check":
             from search.check import check_backbone
 
@@ -81,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
             from search.memory_bench import run_memory
 
             run_memory(args.backbone, args.test, args.validate, args.out, args.full_batch_size, args.full_img_size)
-    except (SpaceError, DataError, RunError, ResourceError, ClusterError) as err:
+    except (SpaceError, DataError, RunError, ResourceError, ClusterError, StorageError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0

@@ -11,6 +11,7 @@ Joining a cluster needs the same token the cluster was started with (`RAY_AUTH_T
 from __future__ import annotations
 
 import os
+import socket
 from typing import Any
 
 import ray
@@ -36,6 +37,21 @@ def connect(address: str | None) -> Any:
         ray.shutdown()
         detail = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ClusterError(f"--address {address}: cannot join the Ray cluster ({detail})") from None
+
+
+def probe_reachable(address: str, timeout_s: float = 5.0) -> None:
+    """Fail in seconds on a host:port nobody listens on; ray.init would retry it for minutes."""
+    host_port = address.split("://", 1)[-1]
+    if address == "auto" or ":" not in host_port:
+        return  # 'auto' and bare host names are resolved by Ray itself
+    host, _, port = host_port.rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout_s):
+            pass
+    except ValueError:
+        raise ClusterError(f"--address {address}: expected 'auto' or HOST:PORT") from None
+    except OSError as err:
+        raise ClusterError(f"--address {address}: no Ray cluster answers there ({err.strerror or err})") from None
 
 
 def dashboard_lines(context: Any) -> list[str]:

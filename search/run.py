@@ -14,8 +14,9 @@ from search.data import SAMPLE_DATA, PreparedData, prepare
 from search.export import write_best_config, write_results
 from search.results import best_row, majority_class_miou, slot_utilisation, summary_table, to_table, trial_rows
 from search.space import Space, load_space
+from search.storage import check_writable, run_location, upload
 from search.terratorch_config import terratorch_config
-from search.cluster import connect, dashboard_lines
+from search.cluster import connect, dashboard_lines, probe_reachable
 from search.tuner import build_tuner, plan_resources
 
 
@@ -58,22 +59,31 @@ def prepare_data(space: Space, out: Path) -> PreparedData:
 
 
 def run_search(space_path: str | Path, out: Path | None = None, address: str | None = None,
-               echo=print) -> RunOutcome:
+               storage: str | None = None, echo=print) -> RunOutcome:
     space = load_space(space_path)
     out = (out or default_out_dir(space)).resolve()
+    location = run_location(storage, out)
+    if address is not None:
+        probe_reachable(address)
+    if storage:
+        check_writable(location)
     claim_out_dir(out)
     try:
         prepared = prepare_data(space, out)
         shutil.copyfile(space_path, out / "space.yaml")
+        data = str(prepared.root)
+        if storage:
+            data = f"{location}/data"
+            upload(prepared.root, data)
         context = connect(address)
         resources, concurrent = plan_resources(ray.cluster_resources(), space)
-        tuner = build_tuner(space, out, prepared.root, resources, concurrent)
+        tuner = build_tuner(space, out, location, data, resources, concurrent)
     except BaseException:
         shutil.rmtree(out, ignore_errors=True)
         raise
     for line in dashboard_lines(context):
         echo(line)
-    echo(f"run directory: {out}")
+    echo(f"run directory: {out}" + (f" (mirrored to {location})" if storage else ""))
     echo(f"trials: {space.num_samples}, at most {concurrent} at once, each {resources.num_workers} worker(s) x "
          f"{resources.cpus_per_worker:g} CPU / {resources.gpus_per_worker:g} GPU")
 
@@ -102,6 +112,11 @@ def run_search(space_path: str | Path, out: Path | None = None, address: str | N
         "val_majority_class_val_miou": oracle, "slot_utilisation": utilisation, "concurrent_slots": concurrent,
         "wall_seconds": wall,
     }, indent=1))
+
+    if storage:
+        for name in ("space.yaml", "results.parquet", "best.yaml", "summary.json", "optuna_journal.log"):
+            if (out / name).exists():
+                upload(out / name, f"{location}/{name}")
 
     echo("")
     echo(summary_table(rows))

@@ -28,6 +28,7 @@ from em_backbones.memory import gigabytes
 from search.data import PreparedData
 from search.memory_meter import PeakMemoryMeter
 from search.space import Space
+from search.storage import materialise
 from search.terratorch_config import terratorch_config
 
 VAL_METRIC = "val/mIoU"
@@ -111,10 +112,15 @@ class EpochReporter(pl.Callback):
 
 
 def train_worker(loop_config: dict[str, Any]) -> None:
-    """Ray Train worker: build datamodule, task and Lightning Trainer from the TerraTorch config."""
+    """Ray Train worker: build datamodule, task and Lightning Trainer from the TerraTorch config.
+
+    The config is built here, not shipped from the trial, because the tiles' local paths differ
+    per node when they come from a storage URI.
+    """
     import em_backbones  # noqa: F401  (registers the project's backbones in this process)
 
-    config = loop_config["terratorch"]
+    prepared = PreparedData.load(materialise(loop_config["data"]))
+    config = terratorch_config(loop_config["space"], loop_config["params"], prepared)
     pl.seed_everything(config["seed_everything"], workers=True, verbose=False)
     datamodule = instantiate(config["data"])
     task = instantiate(config["model"])
@@ -134,14 +140,15 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     trainer.fit(task, datamodule=datamodule)
 
 
-def run_trial(config: dict[str, Any], space: Space, prepared_root: str, resources: TrialResources) -> None:
+def run_trial(config: dict[str, Any], space: Space, data: str, storage: str, resources: TrialResources) -> None:
     """Ray Tune trainable: sampled parameters in, a Ray Train run out; metrics flow per epoch.
 
     A configuration the estimator puts over the space's per-worker memory budget reports once,
     as infeasible with objective 0 (it produced no model), and never starts a worker.
     """
-    tt_config = terratorch_config(space, config, PreparedData.load(Path(prepared_root)))
-    trial_dir = Path(ray.tune.get_context().get_trial_dir())
+    context = ray.tune.get_context()
+    tt_config = terratorch_config(space, config, PreparedData.load(materialise(data)))
+    trial_dir = Path(context.get_trial_dir())
     (trial_dir / "terratorch_config.yaml").write_text(yaml.safe_dump(tt_config, sort_keys=False))
     budget = space.resources.memory_budget_gb
     if budget is not None and config["predicted_gb"] > budget:
@@ -150,7 +157,7 @@ def run_trial(config: dict[str, Any], space: Space, prepared_root: str, resource
         return
     trainer = TorchTrainer(
         train_worker,
-        train_loop_config={"terratorch": tt_config},
+        train_loop_config={"space": space, "params": config, "data": data},
         scaling_config=ray.train.ScalingConfig(
             num_workers=resources.num_workers,
             use_gpu=resources.use_gpu,
@@ -158,8 +165,8 @@ def run_trial(config: dict[str, Any], space: Space, prepared_root: str, resource
             if resources.use_gpu else {"CPU": resources.cpus_per_worker},
         ),
         run_config=ray.train.RunConfig(
-            name="train",
-            storage_path=str(trial_dir),
+            name=context.get_trial_id(),
+            storage_path=f"{storage.rstrip('/')}/train",
             callbacks=[TuneReportCallback()],
             failure_config=ray.train.FailureConfig(max_failures=0),
         ),

@@ -68,10 +68,11 @@ def optuna_searcher(space: Space, out_dir: Path) -> OptunaSearch:
     )
 
 
-def build_tuner(space: Space, out_dir: Path, prepared_root: Path, resources: TrialResources,
+def build_tuner(space: Space, out_dir: Path, storage: str, data: str, resources: TrialResources,
                 max_concurrent: int) -> tune.Tuner:
+    """The search as one Tuner; `storage` (run directory or URI) holds Tune's and Train's results."""
     trainable = tune.with_resources(
-        tune.with_parameters(run_trial, space=space, prepared_root=str(prepared_root), resources=resources),
+        tune.with_parameters(run_trial, space=space, data=data, storage=storage, resources=resources),
         # No CPU or GPU: only the trial's Ray Train workers hold those. Ray refuses an empty
         # bundle, so the function reserves the little memory it really uses.
         {"cpu": 0, "memory": DRIVER_MEMORY_BYTES},
@@ -93,7 +94,7 @@ def build_tuner(space: Space, out_dir: Path, prepared_root: Path, resources: Tri
         ),
         run_config=tune.RunConfig(
             name="tune",
-            storage_path=str(out_dir.resolve()),
+            storage_path=storage,
             failure_config=tune.FailureConfig(max_failures=0),
             callbacks=[LiveSearchMetrics(space.name, METRIC)],
             verbose=1,

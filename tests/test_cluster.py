@@ -61,9 +61,10 @@ def test_search_joins_a_two_node_cluster_uses_both_nodes_and_is_visible_in_the_d
     name = "twonodes"
     space_file = tmp_path / "space.yaml"
     space_file.write_text(yaml.safe_dump(prithvi_space(real_chips, name=name, **{"training.num_samples": 3})))
-    out = tmp_path / "run"
+    out, store = tmp_path / "run", tmp_path / "store"
     search = subprocess.Popen([sys.executable, "-m", "search", "run", str(space_file), "--out", str(out),
-                               "--address", two_nodes.address], cwd=REPO, env=two_nodes.env(),
+                               "--address", two_nodes.address, "--storage", store.as_uri()],
+                              cwd=REPO, env=two_nodes.env(),
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     running_trials, best_seen, done_seen = 0, [], []
     gauge = re.compile(r'^ray_(search_\w+)\{[^}]*search="' + name + r'"[^}]*\} (\S+)$', re.M)
@@ -98,7 +99,30 @@ def test_search_joins_a_two_node_cluster_uses_both_nodes_and_is_visible_in_the_d
     assert {a["node_id"] for a in two_nodes.actors("RayTrainWorker")} == result_nodes
     assert running_trials == 2  # both nodes' single CPU busy at once: two trials ran side by side
 
+    # The storage URI holds the run directory's layout: the tiles trials read, Tune's and Train's results.
+    mirrored = store / out.name
+    for name in ("space.yaml", "results.parquet", "best.yaml", "summary.json", "data/prepared.json"):
+        assert (mirrored / name).is_file(), name
+    assert (mirrored / "data").is_dir() and (mirrored / "tune").is_dir()
+    assert sorted(p.name for p in (mirrored / "train").iterdir()) == sorted(r["trial_id"] for r in rows)
+
     # Live metrics reached the nodes' Prometheus endpoints while the search ran.
     assert done_seen and max(done_seen) >= 2
     objectives = [r["objective"] for r in rows]
     assert best_seen and any(math.isclose(max(best_seen), o, rel_tol=1e-6) for o in objectives)
+
+
+@pytest.mark.parametrize("flag, value, message", [
+    ("--address", "127.0.0.1:9", "--address 127.0.0.1:9: no Ray cluster answers there"),
+    ("--address", "headnode:http", "--address headnode:http: expected 'auto' or HOST:PORT"),
+    ("--storage", "file:///proc/no-such-dir", "--storage file:///proc/no-such-dir/run: cannot write there"),
+])
+def test_unreachable_cluster_or_storage_fails_fast_with_one_line_and_no_run_directory(
+        flag, value, message, real_chips, write_space, tmp_path, capsys):
+    from search.__main__ import main
+
+    out = tmp_path / "run"
+    assert main(["run", str(write_space(small_space(real_chips))), "--out", str(out), flag, value]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: {message}") and "\n" not in err
+    assert not out.exists()
