@@ -1,4 +1,4 @@
-"""Command line: `python -m search run SPACE`, `check BACKBONE`, `bench --backbones ...`, `memory ...`."""
+"""Command line: `python -m search run SPACE`, `check BACKBONE`, `bench ...`, `memory ...`, `capacity`."""
 
 from __future__ import annotations
 
@@ -42,6 +42,10 @@ def main(argv: list[str] | None = None) -> int:
     memory.add_argument("--full-batch-size", type=int, default=1)
     memory.add_argument("--full-img-size", type=int, default=None, help="default: the backbone's published size")
     memory.add_argument("--out", type=Path, default=Path("runs/memory"))
+    capacity = commands.add_parser("capacity", help="tier-3 QLoRA trials per GPU and per node, from the estimator")
+    capacity.add_argument("--gpu-gb", type=float, default=80.0)
+    capacity.add_argument("--gpus-per-node", type=int, default=8)
+    capacity.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 4])
     args = parser.parse_args(argv)
 
     from search.cluster import ClusterError
@@ -81,6 +85,11 @@ def main(argv: list[str] | None = None) -> int:
             from search.bench import run_bench
 
             run_bench(args.backbones, args.scales, args.batch_sizes, args.img_size, args.out, args.measure_full)
+        elif args.command == "capacity":
+            from search.capacity import capacity_rows, capacity_table
+
+            rows = capacity_rows(args.gpu_gb, args.gpus_per_node, tuple(args.batch_sizes))
+            print(capacity_table(rows, args.gpu_gb, args.gpus_per_node))
         elif args.command == "memory":
             from search.memory_bench import run_memory
 

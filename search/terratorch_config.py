@@ -15,7 +15,7 @@ from search.data import IGNORE_INDEX, PreparedData, datamodule_init_args
 from search.space import Space
 
 EM_BACKBONES_DIR = Path(em_backbones.__file__).parent
-DATAMODULE_CLASS = "search.datamodule.ShardableMultiModalDataModule"
+DATAMODULE_CLASS = "terratorch.datamodules.GenericMultiModalDataModule"
 TASK_CLASS = "terratorch.tasks.SemanticSegmentationTask"
 
 

@@ -32,6 +32,7 @@ from search.storage import materialise
 from search.terratorch_config import terratorch_config
 
 VAL_METRIC = "val/mIoU"
+SHARDABLE_DATAMODULE = "em_backbones.datamodules.ShardableMultiModalDataModule"
 
 
 @dataclass(frozen=True)
@@ -121,6 +122,12 @@ def train_worker(loop_config: dict[str, Any]) -> None:
 
     prepared = PreparedData.load(materialise(loop_config["data"]))
     config = terratorch_config(loop_config["space"], loop_config["params"], prepared)
+    data_parallel = ray.train.get_context().get_world_size() > 1
+    if data_parallel:
+        # Lightning's sampler injection would re-batch TerraTorch's loaders to size 1
+        # (em_backbones/datamodules.py); the subclass differs from TerraTorch's in nothing else.
+        # One worker needs no sharding: it trains exactly best.yaml's datamodule, no injection.
+        config["data"]["class_path"] = SHARDABLE_DATAMODULE
     pl.seed_everything(config["seed_everything"], workers=True, verbose=False)
     datamodule = instantiate(config["data"])
     task = instantiate(config["model"])
@@ -128,6 +135,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     trainer_args = {k: v for k, v in config["trainer"].items() if k not in ("accelerator", "devices")}
     trainer = pl.Trainer(
         **trainer_args,
+        use_distributed_sampler=data_parallel,
         accelerator="auto",
         devices="auto",
         strategy=RayDDPStrategy(),

@@ -95,3 +95,19 @@ def test_kuberay_image_is_built_from_the_same_ray_version():
     dockerfile = (CLUSTERS / "Dockerfile").read_text()
     assert f"FROM rayproject/ray:{ray.__version__}-py311-gpu" in dockerfile
     assert "pip install" in dockerfile and "em-search" in dockerfile
+
+
+def test_capacity_table_in_clusters_readme_is_what_the_estimator_gives_today():
+    from search.capacity import capacity_rows, capacity_table
+
+    rows = capacity_rows(80.0, 8, (1, 4))
+    assert capacity_table(rows, 80.0, 8) in (CLUSTERS / "README.md").read_text()
+    by_key = {(r.backbone, r.setting, r.batch_size): r for r in rows}
+    qlora_26b = by_key[("internvl2_26b", "QLoRA r16 + ckpt", 1)]
+    # The #4 closing figure: 26B under QLoRA + checkpointing needs ~15.8 GB, so five trials share an 80 GB GPU.
+    assert 15.0 < qlora_26b.peak_gb < 16.5 and qlora_26b.per_gpu == 5 and qlora_26b.per_node == 40
+    for r in rows:
+        assert r.per_gpu == int(80.0 // r.peak_gb) and r.per_gpu * r.peak_gb <= 80.0
+        # checkpointing never needs more memory than the same setting without it
+        assert by_key[(r.backbone, "QLoRA r16 + ckpt", r.batch_size)].peak_gb <= \
+            by_key[(r.backbone, "QLoRA r16", r.batch_size)].peak_gb

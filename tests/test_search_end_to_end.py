@@ -123,7 +123,7 @@ def test_best_yaml_is_the_best_trial(finished_run):
     assert model_args["backbone"] == best["backbone"]
     assert config["model"]["init_args"]["lr"] == pytest.approx(best["learning_rate"])
     assert model_args["backbone_gradient_checkpointing"] == best["gradient_checkpointing"]
-    assert config["data"]["class_path"] == "search.datamodule.ShardableMultiModalDataModule"
+    assert config["data"]["class_path"] == "terratorch.datamodules.GenericMultiModalDataModule"
     assert 0.0 <= finished_run.baseline_miou <= finished_run.oracle_miou <= 1.0
     assert 0.0 < finished_run.utilisation <= 1.0
 

@@ -6,6 +6,10 @@ init arguments, and a loader built from a batch sampler was created with the def
 every worker then trained on batches of one. A loader built from `batch_size` + `shuffle` is the form
 Lightning's injection expects, so this subclass returns exactly that and changes nothing else
 (datasets, transforms, normalisation on `on_after_batch_transfer` are TerraTorch's).
+
+Multi-worker trials use it. An exported `best.yaml` keeps TerraTorch's own class (TerraTorch's CLI
+imports `custom_modules_path` only after it has parsed class paths); to train it on several GPUs,
+set `data.class_path: em_backbones.datamodules.ShardableMultiModalDataModule` with this project installed.
 """
 
 from __future__ import annotations
