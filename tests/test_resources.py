@@ -35,3 +35,11 @@ def test_concurrency_capped_by_space_and_samples():
 def test_trial_larger_than_cluster_is_refused():
     with pytest.raises(ResourceError, match=r"one trial needs 4 CPU \(2 workers\), the cluster has 2"):
         plan_resources({"CPU": 2.0}, space_with(workers_per_trial=2, cpus_per_worker=2))
+
+
+def test_fractional_gpus_pack_the_capacity_tables_trials_onto_one_node():
+    # clusters/README.md: InternVL2-26B QLoRA + checkpointing, 5 trials per 80 GB GPU → gpus_per_worker 0.2
+    space = parse_space({**small_space(None, **{"training.num_samples": 100}),
+                         "resources": {"gpus_per_worker": 0.2, "cpus_per_worker": 4}})
+    trial, concurrent = plan_resources({"CPU": 192.0, "GPU": 8.0}, space)
+    assert trial.gpus_per_worker == 0.2 and concurrent == 40  # GPUs bind: 8 / 0.2; CPUs would allow 48
