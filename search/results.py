@@ -11,6 +11,7 @@ import torch
 from torchmetrics.classification import MulticlassJaccardIndex
 
 from search.data import IGNORE_INDEX, PreparedData, read_label_tiles
+from search.faults import CAUSE_INFEASIBLE, cause_of
 from search.space import SEARCHED_PARAMS
 
 STATUS_COMPLETED = "completed"
@@ -22,6 +23,8 @@ SCHEMA = pa.schema([
     ("trial_id", pa.string()),
     ("status", pa.string()),
     ("error", pa.string()),
+    ("cause", pa.string()),
+    ("trial_number", pa.int64()),
     ("tier", pa.int64()),
     ("backbone", pa.string()),
     ("scale", pa.string()),
@@ -60,7 +63,7 @@ def _float(value: Any) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def trial_rows(result_grid, max_epochs: int, scale: str) -> list[dict[str, Any]]:
+def trial_rows(result_grid, max_epochs: int, scale: str, budget_gb: float | None = None) -> list[dict[str, Any]]:
     """One dict per trial with SCHEMA's columns; status tells completed / stopped / failed."""
     rows = []
     for result in result_grid:
@@ -68,11 +71,20 @@ def trial_rows(result_grid, max_epochs: int, scale: str) -> list[dict[str, Any]]
         config = result.config or {}
         history = result.metrics_dataframe
         curve = [float(v) for v in history["val_miou"]] if history is not None and "val_miou" in history else []
+        if metrics.get("fault") and curve:
+            curve = curve[:-1]
         epochs_run = int(metrics.get("training_iteration", 0) or 0)
-        if result.error is not None:
+        if metrics.get("fault"):
+            epochs_run -= 1  # the fault's own report is not an epoch
+        cause = None
+        if metrics.get("fault"):  # ASHA may stop the trial on this report before its error lands
+            status, error, cause = STATUS_FAILED, metrics.get("fault_error"), metrics["fault"]
+        elif result.error is not None:
             status, error = STATUS_FAILED, f"{type(result.error).__name__}: {str(result.error).strip().splitlines()[-1]}"
+            cause = cause_of(str(result.error))
         elif metrics.get("infeasible"):
-            status, error = STATUS_INFEASIBLE, f"predicted {config.get('predicted_gb', float('nan')):.2f} GB > budget"
+            status, cause = STATUS_INFEASIBLE, CAUSE_INFEASIBLE
+            error = f"predicted {config.get('predicted_gb', float('nan')):.4g} GB > memory_budget_gb {budget_gb:g}"
         elif epochs_run < max_epochs:
             status, error = STATUS_STOPPED, None
         else:
@@ -83,6 +95,8 @@ def trial_rows(result_grid, max_epochs: int, scale: str) -> list[dict[str, Any]]
             "trial_id": str(trial_id),
             "status": status,
             "error": error,
+            "cause": cause,
+            "trial_number": config.get("trial_number"),
             "scale": scale,
             "epochs_run": epochs_run,
             "val_miou": _float(metrics.get("val_miou")),

@@ -91,7 +91,7 @@ def run_search(space_path: str | Path, out: Path | None = None, address: str | N
     grid = tuner.fit()
     wall = time.monotonic() - started
 
-    rows = trial_rows(grid, space.epochs, space.scale)
+    rows = trial_rows(grid, space.epochs, space.scale, space.resources.memory_budget_gb)
     write_results(to_table(rows), out / "results.parquet")
     best = best_row(rows)
     if best is not None:

@@ -19,6 +19,7 @@ from em_backbones.catalog import CATALOG
 from em_backbones.estimate import PRECISION_BYTES, estimate
 from em_backbones.quantization import QUANT_TYPES
 from em_backbones.techniques import SUPPORTED_BITS, Techniques
+from search.faults import FAULT_KINDS, Fault
 
 
 class SpaceError(ValueError):
@@ -43,6 +44,7 @@ class ResourceSpec:
     gpus_per_worker: float | None = None  # None: 1 if the cluster has GPUs, else 0
     max_concurrent_trials: int | None = None  # None: as many as the cluster's resources hold
     memory_budget_gb: float | None = None  # per worker; configurations predicted over it never train
+    max_failures: int = 2  # restarts of a trial's workers after a worker or node dies (Ray Train FailureConfig)
 
 
 @dataclass(frozen=True)
@@ -69,10 +71,15 @@ class Space:
     precision: str = "32-true"
     data: DataSpec = field(default_factory=DataSpec)
     resources: ResourceSpec = field(default_factory=ResourceSpec)
+    faults: tuple[Fault, ...] = ()  # testing aid (search/faults.py); empty = off
     source: str = ""
 
+    def fault_for(self, trial_number: int) -> Fault | None:
+        return next((f for f in self.faults if f.trial == trial_number), None)
 
-TOP_KEYS = {"name", "scale", "tiers", "techniques", "training", "decoder", "data", "resources"}
+
+TOP_KEYS = {"name", "scale", "tiers", "techniques", "training", "decoder", "data", "resources", "faults"}
+FAULT_KEYS = {"trial", "kind", "epoch"}
 TECHNIQUE_KEYS = {"quantization_bits", "lora_rank", "gradient_checkpointing", "quant_type", "double_quant",
                   "lora_alpha", "lora_dropout"}
 TRAINING_KEYS = {"learning_rate", "batch_size", "epochs", "grace_period", "reduction_factor", "num_samples", "seed",
@@ -235,6 +242,9 @@ def parse_space(raw: Any, source: str = "<space>") -> Space:
         c.integer(resources.max_concurrent_trials, "resources.max_concurrent_trials", 1)
     if resources.memory_budget_gb is not None:
         c.number(resources.memory_budget_gb, "resources.memory_budget_gb", 0.0, strictly=True)
+    c.integer(resources.max_failures, "resources.max_failures", 0)
+
+    faults = parse_faults(c, raw.get("faults", []), epochs)
 
     return Space(
         name=str(raw.get("name", Path(source).stem)),
@@ -262,8 +272,31 @@ def parse_space(raw: Any, source: str = "<space>") -> Space:
         precision=precision,
         data=data,
         resources=resources,
+        faults=faults,
         source=source,
     )
+
+
+def parse_faults(c: _Checker, raw: Any, epochs: int) -> tuple[Fault, ...]:
+    if not isinstance(raw, list):
+        c.fail("faults", "a list of {trial, kind, epoch} entries", raw)
+    faults = []
+    for i, entry in enumerate(raw):
+        path = f"faults[{i}]"
+        if not isinstance(entry, dict):
+            c.fail(path, "a mapping {trial: N, kind: raise|nan|oom, epoch: E}", entry)
+        c.no_unknown(entry, FAULT_KEYS, prefix=f"{path}.")
+        trial = c.integer(entry.get("trial"), f"{path}.trial", 0)
+        kind = entry.get("kind")
+        if kind not in FAULT_KINDS:
+            c.fail(f"{path}.kind", f"one of {list(FAULT_KINDS)}", kind)
+        epoch = c.integer(entry.get("epoch", 1), f"{path}.epoch", 1)
+        if epoch > epochs:
+            c.fail(f"{path}.epoch", f"an epoch the trial reaches (1..{epochs})", epoch)
+        faults.append(Fault(trial, kind, epoch))
+    if len({f.trial for f in faults}) != len(faults):
+        c.fail("faults", "at most one fault per trial", [f.trial for f in faults])
+    return tuple(faults)
 
 
 def backbone_param(tier: int) -> str:
@@ -311,7 +344,7 @@ class DefineByRun:
         predicted = predicted_peak_gb(space, backbone, {**params, "batch_size": batch_size})
         if space.resources.memory_budget_gb is not None:
             trial.set_constraint("predicted_gb_over_budget", predicted - space.resources.memory_budget_gb)
-        return {"backbone": backbone, "predicted_gb": predicted}
+        return {"backbone": backbone, "predicted_gb": predicted, "trial_number": trial.number}
 
 
 SEARCHED_PARAMS = ("tier", "backbone", "quantization_bits", "lora_rank", "gradient_checkpointing",

@@ -26,6 +26,7 @@ from ray.tune.integration.ray_train import TuneReportCallback
 
 from em_backbones.memory import gigabytes
 from search.data import PreparedData
+from search.faults import FaultGuard, cause_of
 from search.memory_meter import PeakMemoryMeter
 from search.space import Space
 from search.storage import materialise
@@ -33,6 +34,10 @@ from search.terratorch_config import terratorch_config
 
 VAL_METRIC = "val/mIoU"
 SHARDABLE_DATAMODULE = "em_backbones.datamodules.ShardableMultiModalDataModule"
+
+
+class TrialFailed(RuntimeError):
+    """A trial's training failed (NaN loss, out of memory, an exception); its cause leads the message."""
 
 
 @dataclass(frozen=True)
@@ -133,6 +138,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     task = instantiate(config["model"])
     meter = PeakMemoryMeter()
     trainer_args = {k: v for k, v in config["trainer"].items() if k not in ("accelerator", "devices")}
+    space: Space = loop_config["space"]
     trainer = pl.Trainer(
         **trainer_args,
         use_distributed_sampler=data_parallel,
@@ -140,12 +146,20 @@ def train_worker(loop_config: dict[str, Any]) -> None:
         devices="auto",
         strategy=RayDDPStrategy(),
         plugins=[RayLightningEnvironment()],
-        callbacks=[meter, EpochReporter(meter)],
+        callbacks=[meter, EpochReporter(meter), FaultGuard(space.fault_for(loop_config["params"]["trial_number"]))],
         enable_progress_bar=False,
         enable_model_summary=False,
     )
     trainer = prepare_trainer(trainer)
-    trainer.fit(task, datamodule=datamodule)
+    try:
+        trainer.fit(task, datamodule=datamodule)
+    except Exception as err:  # noqa: BLE001 - every training error ends this trial, none the search
+        if data_parallel:
+            raise  # the other ranks wait in collectives; only a raised error stops them
+        # Reported, not raised: Ray Train would restart the worker and hit the same error again.
+        ray.train.report({"fault": cause_of(err), "fault_error": f"{type(err).__name__}: {err}"[:500],
+                          "objective": float("nan"), "epoch": trainer.current_epoch + 1,
+                          "peak_gb": gigabytes(meter.peak_bytes), "val_miou": float("nan")})
 
 
 def run_trial(config: dict[str, Any], space: Space, data: str, storage: str, resources: TrialResources) -> None:
@@ -176,7 +190,11 @@ def run_trial(config: dict[str, Any], space: Space, data: str, storage: str, res
             name=context.get_trial_id(),
             storage_path=f"{storage.rstrip('/')}/train",
             callbacks=[TuneReportCallback()],
-            failure_config=ray.train.FailureConfig(max_failures=0),
+            # Restarts the workers, on any node with room, when one dies with its node.
+            failure_config=ray.train.FailureConfig(max_failures=space.resources.max_failures),
         ),
     )
-    trainer.fit()
+    result = trainer.fit()
+    fault = (result.metrics or {}).get("fault")
+    if fault:
+        raise TrialFailed(f"{fault}: {result.metrics['fault_error']}")

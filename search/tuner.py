@@ -26,6 +26,7 @@ from search.trial import TrialResources, run_trial
 
 METRIC = "objective"
 DRIVER_MEMORY_BYTES = 64 * 1024**2
+HEAD_NODE_RESOURCE = "node:__internal_head__"  # Ray's resource that only the head node has
 MODE = "max"
 
 
@@ -55,10 +56,26 @@ def plan_resources(cluster: dict[str, float], space: Space) -> tuple[TrialResour
     return trial, max(1, min(concurrent, space.num_samples))
 
 
+class FailureAwareOptunaSearch(OptunaSearch):
+    """Ray's OptunaSearch, telling Optuna FAIL for every trial that did not finish cleanly.
+
+    Ray's searcher tells COMPLETE with the last reported value even when the trial errored after
+    some epochs, and passes a NaN objective on, which Optuna rejects, leaving that Optuna trial
+    RUNNING forever. Here an errored trial, a reported fault or a non-finite objective is FAIL,
+    so TPE does not learn from a value the configuration never really achieved.
+    """
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        value = (result or {}).get(METRIC)
+        failed = error or bool((result or {}).get("fault")) or \
+            (result is not None and not (isinstance(value, (int, float)) and math.isfinite(value)))
+        super().on_trial_complete(trial_id, None if failed else result, error=failed)
+
+
 def optuna_searcher(space: Space, out_dir: Path) -> OptunaSearch:
     """Optuna TPE over the define-by-run space, its study kept in the run directory."""
     storage = JournalStorage(JournalFileBackend(str(out_dir / "optuna_journal.log")))
-    return OptunaSearch(
+    return FailureAwareOptunaSearch(
         space=DefineByRun(space),
         metric=METRIC,
         mode=MODE,
@@ -74,8 +91,10 @@ def build_tuner(space: Space, out_dir: Path, storage: str, data: str, resources:
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, space=space, data=data, storage=storage, resources=resources),
         # No CPU or GPU: only the trial's Ray Train workers hold those. Ray refuses an empty
-        # bundle, so the function reserves the little memory it really uses.
-        {"cpu": 0, "memory": DRIVER_MEMORY_BYTES},
+        # bundle, so the function reserves the little memory it really uses. It runs on the head
+        # node (as does its Train controller, in the same placement group), so losing a worker
+        # node loses only Train workers, which Ray Train restarts wherever there is room.
+        {"cpu": 0, "memory": DRIVER_MEMORY_BYTES, HEAD_NODE_RESOURCE: 0.001},
     )
     return tune.Tuner(
         trainable,

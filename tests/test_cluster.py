@@ -112,6 +112,41 @@ def test_search_joins_a_two_node_cluster_uses_both_nodes_and_is_visible_in_the_d
     assert best_seen and any(math.isclose(max(best_seen), o, rel_tol=1e-6) for o in objectives)
 
 
+def test_trials_on_a_lost_node_are_retried_on_the_surviving_one(two_nodes, real_chips, tmp_path):
+    """Runs after the test above on the same cluster: it kills the second node for good."""
+    space_file = tmp_path / "space.yaml"
+    space_file.write_text(yaml.safe_dump(prithvi_space(real_chips, name="nodeloss", **{
+        "training.num_samples": 2, "training.epochs": 2, "training.grace_period": 2})))
+    nodes = two_nodes.get("/api/v0/nodes")["data"]["result"]["result"]
+    head = next(n["node_id"] for n in nodes if n["is_head_node"] and n["state"] == "ALIVE")
+    lost = next(n["node_id"] for n in nodes if not n["is_head_node"] and n["state"] == "ALIVE")
+    out = tmp_path / "run"
+    search = subprocess.Popen([sys.executable, "-m", "search", "run", str(space_file), "--out", str(out),
+                               "--address", two_nodes.address, "--storage", (tmp_path / "store").as_uri()],
+                              cwd=REPO, env=two_nodes.env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and search.poll() is None:
+        if any(a["node_id"] == lost and a["state"] == "ALIVE" for a in two_nodes.actors("RayTrainWorker")):
+            break
+        time.sleep(1)
+    else:
+        pytest.fail("no trial worker started on the second node")
+    time.sleep(5)  # mid-training
+    two_nodes.kill_node(two_nodes.nodes[1])
+    output, _ = search.communicate(timeout=600)
+    assert search.returncode == 0, output[-3000:]
+
+    import pyarrow.parquet as pq
+
+    rows = pq.read_table(out / "results.parquet").to_pylist()
+    assert [r["status"] for r in rows] == ["completed", "completed"], [r["error"] for r in rows]
+    # Both trials finished on the head: the one that lost its node was restarted there by Ray Train.
+    assert all(r["worker_node_ids"] == [head] for r in rows)
+    lost_workers = [a for a in two_nodes.actors("RayTrainWorker") if a["node_id"] == lost]
+    assert lost_workers and all(a["state"] == "DEAD" for a in lost_workers)
+
+
 @pytest.mark.parametrize("flag, value, message", [
     ("--address", "127.0.0.1:9", "--address 127.0.0.1:9: no Ray cluster answers there"),
     ("--address", "headnode:http", "--address headnode:http: expected 'auto' or HOST:PORT"),

@@ -1,0 +1,67 @@
+"""Failing trials end alone: injected exceptions, NaN losses and OOMs are recorded with their cause,
+Optuna is told FAIL, and the search finishes with the other trials."""
+
+from __future__ import annotations
+
+import optuna
+import pytest
+import ray
+import yaml
+from optuna.storages import JournalStorage
+from optuna.storages.journal import JournalFileBackend
+
+from search.run import run_search
+from search.space import SpaceError, load_space
+from tests.conftest import small_space
+
+FAULTS = [{"trial": 0, "kind": "raise", "epoch": 2}, {"trial": 1, "kind": "nan"}, {"trial": 2, "kind": "oom"}]
+
+
+def test_injected_faults_fail_their_trials_only_and_optuna_hears_it(real_chips, tmp_path):
+    space = small_space(real_chips, tiers={2: ["em_prithvi"]}, **{
+        "techniques.gradient_checkpointing": [False], "training.num_samples": 4, "training.epochs": 2,
+        "training.grace_period": 2})
+    space["faults"] = FAULTS
+    space_file = tmp_path / "space.yaml"
+    space_file.write_text(yaml.safe_dump(space))
+    try:
+        outcome = run_search(space_file, tmp_path / "run")
+    finally:
+        ray.shutdown()
+    by_number = {r["trial_number"]: r for r in outcome.rows}
+    assert sorted(by_number) == [0, 1, 2, 3]
+    expected = {0: ("exception", "InjectedFault", 1), 1: ("nan_loss", "NonFiniteLoss", 0),
+                2: ("out_of_memory", "OutOfMemoryError", 0)}
+    for number, (cause, error, epochs) in expected.items():
+        row = by_number[number]
+        assert (row["status"], row["cause"], row["epochs_run"]) == ("failed", cause, epochs), row
+        assert row["error"].startswith(error)
+    # The NaN stops its trial at the first batch: no epoch finished, no validation score.
+    assert by_number[1]["val_miou_per_epoch"] == []
+    healthy = by_number[3]
+    assert healthy["status"] == "completed" and healthy["cause"] is None and healthy["epochs_run"] == 2
+    assert outcome.best["trial_id"] == healthy["trial_id"] and (outcome.out_dir / "best.yaml").is_file()
+
+    study = optuna.load_study(study_name=space["name"], storage=JournalStorage(
+        JournalFileBackend(str(outcome.out_dir / "optuna_journal.log"))))
+    states = {t.number: t.state for t in study.trials}
+    assert states == {0: optuna.trial.TrialState.FAIL, 1: optuna.trial.TrialState.FAIL,
+                      2: optuna.trial.TrialState.FAIL, 3: optuna.trial.TrialState.COMPLETE}
+
+
+@pytest.mark.parametrize("faults, fragment", [
+    ([{"trial": 0, "kind": "segfault"}], "field 'faults[0].kind': expected one of ['raise', 'nan', 'oom']"),
+    ([{"trial": -1, "kind": "nan"}], "field 'faults[0].trial': expected an integer >= 0"),
+    ([{"trial": 0, "kind": "nan", "epoch": 9}], "field 'faults[0].epoch': expected an epoch the trial reaches"),
+    ([{"trial": 0, "kind": "nan", "when": 1}], "unknown field 'faults[0].when'"),
+    ([{"trial": 0, "kind": "nan"}, {"trial": 0, "kind": "oom"}], "field 'faults': expected at most one fault"),
+    ({"trial": 0}, "field 'faults': expected a list"),
+])
+def test_bad_fault_entries_are_refused(write_space, faults, fragment):
+    with pytest.raises(SpaceError) as err:
+        load_space(write_space({**small_space(None), "faults": faults}))
+    assert fragment in str(err.value) and "\n" not in str(err.value)
+
+
+def test_faults_are_off_unless_listed():
+    assert load_space("spaces/tier2.yaml").faults == ()
