@@ -18,6 +18,8 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--out", type=Path, default=None, help="run directory (default: runs/<name>-<time>)")
     run.add_argument("--address", default=None,
                      help="Ray cluster to join ('auto' or host:port); default: start embedded local Ray")
+    run.add_argument("--resume", action="store_true",
+                     help="continue the interrupted run in --out: finished trials are kept, the study goes on")
     run.add_argument("--storage", default=None,
                      help="URI every node can reach (s3://, gs://, file://...) for Tune's results, the tiles and a "
                           "mirror of the run directory; default: the run directory itself")
@@ -76,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         if args.command == "run":
-            run_search(args.space, args.out, args.address, args.storage)
+            run_search(args.space, args.out, args.address, args.storage, args.resume)
         elif args.command == "check":
             from search.check import check_backbone
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import ray
+from ray.tune import Tuner
 
 from search.data import SAMPLE_DATA, PreparedData, prepare
 from search.export import write_best_config, write_results
@@ -58,13 +59,12 @@ def prepare_data(space: Space, out: Path) -> PreparedData:
                    space.seed)
 
 
-def run_search(space_path: str | Path, out: Path | None = None, address: str | None = None,
-               storage: str | None = None, echo=print) -> RunOutcome:
-    space = load_space(space_path)
-    out = (out or default_out_dir(space)).resolve()
+RUN_RECORD = "run.json"  # where this run's Tune experiment and tiles live, for --resume
+
+
+def start_run(space_path: str | Path, space: Space, out: Path, storage: str | None) -> tuple[PreparedData, str, str]:
+    """A new run directory: tiles prepared (and uploaded), space copied, run.json written last."""
     location = run_location(storage, out)
-    if address is not None:
-        probe_reachable(address)
     if storage:
         check_writable(location)
     claim_out_dir(out)
@@ -75,15 +75,51 @@ def run_search(space_path: str | Path, out: Path | None = None, address: str | N
         if storage:
             data = f"{location}/data"
             upload(prepared.root, data)
-        context = connect(address)
-        resources, concurrent = plan_resources(ray.cluster_resources(), space)
-        tuner = build_tuner(space, out, location, data, resources, concurrent)
+        (out / RUN_RECORD).write_text(json.dumps({"location": location, "data": data}))
     except BaseException:
         shutil.rmtree(out, ignore_errors=True)
         raise
+    return prepared, location, data
+
+
+def reopen_run(space_path: str | Path, out: Path) -> tuple[PreparedData, str, str]:
+    """An interrupted run directory, checked to be one this space started."""
+    record, tuner_state = out / RUN_RECORD, None
+    if record.is_file():
+        location = json.loads(record.read_text())["location"]
+        tuner_state = f"{location}/tune"
+    if tuner_state is None or not Tuner.can_restore(tuner_state):
+        raise RunError(f"--resume {out}: holds no search run to resume (no {RUN_RECORD} with a Tune experiment)")
+    if Path(space_path).read_bytes() != (out / "space.yaml").read_bytes():
+        raise RunError(f"--resume {out}: {space_path} differs from the space.yaml the run started with")
+    meta = json.loads(record.read_text())
+    return PreparedData.load(out / "data"), meta["location"], meta["data"]
+
+
+def run_search(space_path: str | Path, out: Path | None = None, address: str | None = None,
+               storage: str | None = None, resume: bool = False, echo=print) -> RunOutcome:
+    space = load_space(space_path)
+    if resume and out is None:
+        raise RunError("--resume needs --out DIR, the run directory to continue")
+    out = (out or default_out_dir(space)).resolve()
+    if address is not None:
+        probe_reachable(address)
+    if resume:
+        prepared, location, data = reopen_run(space_path, out)
+    else:
+        prepared, location, data = start_run(space_path, space, out, storage)
+    try:
+        context = connect(address)
+        resources, concurrent = plan_resources(ray.cluster_resources(), space)
+        tuner = build_tuner(space, out, location, data, resources, concurrent, resume)
+    except BaseException:
+        if not resume:
+            shutil.rmtree(out, ignore_errors=True)
+        raise
     for line in dashboard_lines(context):
         echo(line)
-    echo(f"run directory: {out}" + (f" (mirrored to {location})" if storage else ""))
+    echo(f"run directory: {out}" + (f" (mirrored to {location})" if location != str(out) else "")
+         + (" — resuming" if resume else ""))
     echo(f"trials: {space.num_samples}, at most {concurrent} at once, each {resources.num_workers} worker(s) x "
          f"{resources.cpus_per_worker:g} CPU / {resources.gpus_per_worker:g} GPU")
 
@@ -113,7 +149,7 @@ def run_search(space_path: str | Path, out: Path | None = None, address: str | N
         "wall_seconds": wall,
     }, indent=1))
 
-    if storage:
+    if location != str(out):
         for name in ("space.yaml", "results.parquet", "best.yaml", "summary.json", "optuna_journal.log"):
             if (out / name).exists():
                 upload(out / name, f"{location}/{name}")

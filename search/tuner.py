@@ -86,8 +86,12 @@ def optuna_searcher(space: Space, out_dir: Path) -> OptunaSearch:
 
 
 def build_tuner(space: Space, out_dir: Path, storage: str, data: str, resources: TrialResources,
-                max_concurrent: int) -> tune.Tuner:
-    """The search as one Tuner; `storage` (run directory or URI) holds Tune's and Train's results."""
+                max_concurrent: int, resume: bool = False) -> tune.Tuner:
+    """The search as one Tuner; `storage` (run directory or URI) holds Tune's and Train's results.
+
+    Resuming restores Tune's experiment state (finished trials stay finished, interrupted ones
+    run again from their start) and the pickled OptunaSearch, whose study lives on in the journal.
+    """
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, space=space, data=data, storage=storage, resources=resources),
         # No CPU or GPU: only the trial's Ray Train workers hold those. Ray refuses an empty
@@ -96,6 +100,9 @@ def build_tuner(space: Space, out_dir: Path, storage: str, data: str, resources:
         # node loses only Train workers, which Ray Train restarts wherever there is room.
         {"cpu": 0, "memory": DRIVER_MEMORY_BYTES, HEAD_NODE_RESOURCE: 0.001},
     )
+    if resume:
+        return tune.Tuner.restore(f"{storage.rstrip('/')}/tune", trainable, resume_unfinished=True,
+                                  resume_errored=False, restart_errored=False)
     return tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(

@@ -14,6 +14,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.error
@@ -56,7 +57,8 @@ class LocalCluster:
     def start_node(self, head: bool, num_cpus: int = 1) -> subprocess.Popen:
         metrics_port = free_port()
         self.metrics_ports.append(metrics_port)
-        args = ["ray", "start", "--block", f"--num-cpus={num_cpus}", "--num-gpus=0",
+        # The `ray` script of this interpreter's environment: CI runs pytest without activating the venv.
+        args = [str(Path(sys.executable).with_name("ray")), "start", "--block", f"--num-cpus={num_cpus}", "--num-gpus=0",
                 f"--metrics-export-port={metrics_port}", f"--dashboard-agent-listen-port={free_port()}",
                 "--node-ip-address=127.0.0.1"]
         if head:

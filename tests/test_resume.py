@@ -1,0 +1,93 @@
+"""Resume: SIGKILL the driver mid-search, then `run --resume` finishes it without losing or re-running trials."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import psutil
+import pyarrow.parquet as pq
+import ray
+import yaml
+from optuna.storages import JournalStorage
+from optuna.storages.journal import JournalFileBackend
+
+from search.__main__ import main
+from search.run import run_search
+from tests.conftest import REPO, small_space
+
+
+def finished_trials(out: Path, epochs: int) -> dict[str, list[dict]]:
+    """trial id → the results Tune recorded for it, for trials whose last epoch is recorded."""
+    done = {}
+    for result_file in (out / "tune").glob("run_trial_*/result.json"):
+        results = [json.loads(line) for line in result_file.read_text().splitlines() if line.strip()]
+        if results and results[-1].get("epoch") == epochs:
+            done[results[-1]["trial_id"]] = results
+    return done
+
+
+def kill_session(leader: int) -> None:
+    for proc in psutil.process_iter():
+        try:
+            if os.getsid(proc.pid) == leader:
+                proc.kill()
+        except (ProcessLookupError, PermissionError, psutil.Error):
+            continue
+
+
+def test_sigkilled_search_resumes_without_losing_or_rerunning_trials(real_chips, tmp_path):
+    epochs = 1
+    space = small_space(real_chips, tiers={2: ["em_prithvi"]}, **{
+        "techniques.gradient_checkpointing": [False], "training.num_samples": 3, "training.epochs": epochs,
+        "training.grace_period": epochs, "resources.max_concurrent_trials": 1})
+    space_file = tmp_path / "space.yaml"
+    space_file.write_text(yaml.safe_dump(space))
+    out = tmp_path / "run"
+    driver = subprocess.Popen([sys.executable, "-m", "search", "run", str(space_file), "--out", str(out)],
+                              cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 300
+    while not (before := finished_trials(out, epochs)) and time.monotonic() < deadline and driver.poll() is None:
+        time.sleep(0.5)
+    assert before, "no trial finished before the deadline"
+    time.sleep(3)  # well into the next trial
+    driver.send_signal(signal.SIGKILL)
+    driver.wait()
+    kill_session(driver.pid)  # the embedded Ray the killed driver started
+    assert not (out / "results.parquet").exists()
+
+    try:
+        outcome = run_search(space_file, out, resume=True)
+    finally:
+        ray.shutdown()
+    rows = outcome.rows
+    assert len(rows) == 3 and len({r["trial_id"] for r in rows}) == 3
+    assert all(r["status"] == "completed" for r in rows), [r["error"] for r in rows]
+    assert set(before) <= {r["trial_id"] for r in rows}
+    after = finished_trials(out, epochs)
+    for trial_id, results in before.items():  # finished before the kill: kept, not trained again
+        assert after[trial_id] == results  # same results, same timestamps
+    assert (out / "best.yaml").is_file()
+    assert len(pq.read_table(out / "results.parquet")) == 3
+    # The Optuna study went on from its journal: three trials, numbers 0-2, each told COMPLETE once.
+    assert sorted(r["trial_number"] for r in rows) == [0, 1, 2]
+    study = optuna.load_study(study_name=space["name"], storage=JournalStorage(
+        JournalFileBackend(str(out / "optuna_journal.log"))))
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * 3
+
+
+def test_resume_refuses_a_directory_without_a_run(real_chips, write_space, tmp_path, capsys):
+    space_file = write_space(small_space(real_chips))
+    empty = tmp_path / "not-a-run"
+    empty.mkdir()
+    (empty / "notes.txt").write_text("mine")
+    assert main(["run", str(space_file), "--out", str(empty), "--resume"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: --resume {empty}: holds no search run to resume") and "\n" not in err
+    assert sorted(p.name for p in empty.iterdir()) == ["notes.txt"]  # nothing added, nothing removed
