@@ -15,4 +15,4 @@ run: setup
 	$(PY) -m search run $(SPACE) $(ARGS)
 
 test: setup
-	$(PY) -m pytest -q $(ARGS)
+	$(PY) -m pytest -q --durations=15 $(ARGS)

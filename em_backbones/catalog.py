@@ -26,6 +26,7 @@ class BackboneSpec:
     published_params: float | None = None  # as published, whole model, for tests and reports
     patch_size: int = 16  # token stride in pixels: inputs must be a multiple of it
     native_img_size: int = 224  # the published input size, the default when none is given
+    required_sensors: tuple[str, ...] = ()  # modality prefixes the backbone cannot work without ("S1", "S2")
 
 
 CATALOG: dict[str, BackboneSpec] = {
@@ -72,7 +73,7 @@ CATALOG: dict[str, BackboneSpec] = {
                      description="InternVL2-26B: InternViT-6B + projector + InternLM2-20B (Llama-shaped)"),
         BackboneSpec(name="internvl2_40b", tier=3, family="internvl", published_params=40.1e9, patch_size=28, native_img_size=448,
                      description="InternVL2-40B: InternViT-6B + projector + Nous-Hermes-2-Yi-34B (Llama)"),
-        BackboneSpec(name="earthmind_v1", tier=1, family="internvl", published_params=3.71e9, patch_size=28, native_img_size=448,
+        BackboneSpec(name="earthmind_v1", tier=1, required_sensors=("S1", "S2"), family="internvl", published_params=3.71e9, patch_size=28, native_img_size=448,
                      description="EarthMind-v1 (InternVL2.5-4B based): SAR and optical through one shared "
                                  "InternViT, token reweighting, concatenation before the LLM; SAM2 left out"),
         # Granite: scales in em_backbones/granite.py as a GraniteMoeHybridConfig.

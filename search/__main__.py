@@ -48,6 +48,10 @@ def main(argv: list[str] | None = None) -> int:
     capacity.add_argument("--gpu-gb", type=float, default=80.0)
     capacity.add_argument("--gpus-per-node", type=int, default=8)
     capacity.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 4])
+    load = commands.add_parser("load", help="many-trial search with trivial budgets: driver memory, leftovers, rate")
+    load.add_argument("--trials", type=int, default=200)
+    load.add_argument("--out", type=Path, default=Path("runs/load"))
+    load.add_argument("--data-root", default=None, help="chips folder (default: the packaged sample)")
     args = parser.parse_args(argv)
 
     from search.cluster import ClusterError
@@ -87,6 +91,10 @@ def main(argv: list[str] | None = None) -> int:
             from search.bench import run_bench
 
             run_bench(args.backbones, args.scales, args.batch_sizes, args.img_size, args.out, args.measure_full)
+        elif args.command == "load":
+            from search.load_bench import run_load
+
+            return 0 if run_load(args.trials, args.out, args.data_root).leftover_processes == 0 else 1
         elif args.command == "capacity":
             from search.capacity import capacity_rows, capacity_table
 

@@ -229,6 +229,11 @@ def parse_space(raw: Any, source: str = "<space>") -> Space:
         stride = CATALOG[name].patch_size
         if data.tile_size % stride:
             c.fail("data.tile_size", f"a multiple of {stride} ({name}'s patch stride)", data.tile_size)
+    for name in (n for names in tiers.values() for n in names):
+        missing = [s for s in CATALOG[name].required_sensors if not any(m.startswith(s) for m in data.modalities)]
+        if missing:
+            c.fail("data.modalities", f"a modality of each of {list(CATALOG[name].required_sensors)} for {name} "
+                   f"(missing {', '.join(missing)})", list(data.modalities))
     if data.root is not None and not isinstance(data.root, str):
         c.fail("data.root", "a directory path or null (packaged sample)", data.root)
 

@@ -22,7 +22,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import psutil
+from search.processes import session_processes
 
 
 def free_port() -> int:
@@ -109,14 +109,7 @@ class LocalCluster:
 
     def session_pids(self, node: subprocess.Popen) -> list[int]:
         """Every live process in that node's session: `ray start`, raylet, GCS, workers."""
-        pids = []
-        for proc in psutil.process_iter():
-            try:
-                if os.getsid(proc.pid) == node.pid and proc.status() != psutil.STATUS_ZOMBIE:
-                    pids.append(proc.pid)
-            except (ProcessLookupError, PermissionError, psutil.Error):
-                continue
-        return pids
+        return [proc.pid for proc in session_processes(node.pid)]
 
     def kill_node(self, node: subprocess.Popen) -> None:
         for pid in self.session_pids(node):

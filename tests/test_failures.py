@@ -14,13 +14,13 @@ from search.run import run_search
 from search.space import SpaceError, load_space
 from tests.conftest import small_space
 
-FAULTS = [{"trial": 0, "kind": "raise", "epoch": 2}, {"trial": 1, "kind": "nan"}, {"trial": 2, "kind": "oom"}]
+FAULTS = [{"trial": 0, "kind": "raise"}, {"trial": 1, "kind": "nan"}, {"trial": 2, "kind": "oom"}]
 
 
 def test_injected_faults_fail_their_trials_only_and_optuna_hears_it(real_chips, tmp_path):
     space = small_space(real_chips, tiers={2: ["em_prithvi"]}, **{
-        "techniques.gradient_checkpointing": [False], "training.num_samples": 4, "training.epochs": 2,
-        "training.grace_period": 2})
+        "techniques.gradient_checkpointing": [False], "training.num_samples": 4, "training.epochs": 1,
+        "training.grace_period": 1})
     space["faults"] = FAULTS
     space_file = tmp_path / "space.yaml"
     space_file.write_text(yaml.safe_dump(space))
@@ -30,7 +30,7 @@ def test_injected_faults_fail_their_trials_only_and_optuna_hears_it(real_chips, 
         ray.shutdown()
     by_number = {r["trial_number"]: r for r in outcome.rows}
     assert sorted(by_number) == [0, 1, 2, 3]
-    expected = {0: ("exception", "InjectedFault", 1), 1: ("nan_loss", "NonFiniteLoss", 0),
+    expected = {0: ("exception", "InjectedFault", 0), 1: ("nan_loss", "NonFiniteLoss", 0),
                 2: ("out_of_memory", "OutOfMemoryError", 0)}
     for number, (cause, error, epochs) in expected.items():
         row = by_number[number]
@@ -39,7 +39,7 @@ def test_injected_faults_fail_their_trials_only_and_optuna_hears_it(real_chips, 
     # The NaN stops its trial at the first batch: no epoch finished, no validation score.
     assert by_number[1]["val_miou_per_epoch"] == []
     healthy = by_number[3]
-    assert healthy["status"] == "completed" and healthy["cause"] is None and healthy["epochs_run"] == 2
+    assert healthy["status"] == "completed" and healthy["cause"] is None and healthy["epochs_run"] == 1
     assert outcome.best["trial_id"] == healthy["trial_id"] and (outcome.out_dir / "best.yaml").is_file()
 
     study = optuna.load_study(study_name=space["name"], storage=JournalStorage(

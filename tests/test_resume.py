@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -11,7 +10,6 @@ import time
 from pathlib import Path
 
 import optuna
-import psutil
 import pyarrow.parquet as pq
 import ray
 import yaml
@@ -19,6 +17,7 @@ from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 
 from search.__main__ import main
+from search.processes import session_processes
 from search.run import run_search
 from tests.conftest import REPO, small_space
 
@@ -33,19 +32,10 @@ def finished_trials(out: Path, epochs: int) -> dict[str, list[dict]]:
     return done
 
 
-def kill_session(leader: int) -> None:
-    for proc in psutil.process_iter():
-        try:
-            if os.getsid(proc.pid) == leader:
-                proc.kill()
-        except (ProcessLookupError, PermissionError, psutil.Error):
-            continue
-
-
 def test_sigkilled_search_resumes_without_losing_or_rerunning_trials(real_chips, tmp_path):
     epochs = 1
     space = small_space(real_chips, tiers={2: ["em_prithvi"]}, **{
-        "techniques.gradient_checkpointing": [False], "training.num_samples": 3, "training.epochs": epochs,
+        "techniques.gradient_checkpointing": [False], "training.num_samples": 2, "training.epochs": epochs,
         "training.grace_period": epochs, "resources.max_concurrent_trials": 1})
     space_file = tmp_path / "space.yaml"
     space_file.write_text(yaml.safe_dump(space))
@@ -59,7 +49,8 @@ def test_sigkilled_search_resumes_without_losing_or_rerunning_trials(real_chips,
     time.sleep(3)  # well into the next trial
     driver.send_signal(signal.SIGKILL)
     driver.wait()
-    kill_session(driver.pid)  # the embedded Ray the killed driver started
+    for proc in session_processes(driver.pid):  # the embedded Ray the killed driver started
+        proc.kill()
     assert not (out / "results.parquet").exists()
 
     try:
@@ -67,19 +58,19 @@ def test_sigkilled_search_resumes_without_losing_or_rerunning_trials(real_chips,
     finally:
         ray.shutdown()
     rows = outcome.rows
-    assert len(rows) == 3 and len({r["trial_id"] for r in rows}) == 3
+    assert len(rows) == 2 and len({r["trial_id"] for r in rows}) == 2
     assert all(r["status"] == "completed" for r in rows), [r["error"] for r in rows]
     assert set(before) <= {r["trial_id"] for r in rows}
     after = finished_trials(out, epochs)
     for trial_id, results in before.items():  # finished before the kill: kept, not trained again
         assert after[trial_id] == results  # same results, same timestamps
     assert (out / "best.yaml").is_file()
-    assert len(pq.read_table(out / "results.parquet")) == 3
-    # The Optuna study went on from its journal: three trials, numbers 0-2, each told COMPLETE once.
-    assert sorted(r["trial_number"] for r in rows) == [0, 1, 2]
+    assert len(pq.read_table(out / "results.parquet")) == 2
+    # The Optuna study went on from its journal: two trials, numbers 0-1, each told COMPLETE once.
+    assert sorted(r["trial_number"] for r in rows) == [0, 1]
     study = optuna.load_study(study_name=space["name"], storage=JournalStorage(
         JournalFileBackend(str(out / "optuna_journal.log"))))
-    assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * 3
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * 2
 
 
 def test_resume_refuses_a_directory_without_a_run(real_chips, write_space, tmp_path, capsys):

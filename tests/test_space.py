@@ -44,6 +44,10 @@ def test_repo_space_files_load():
     ({"data.modalities": ["S3"]}, "field 'data.modalities[0]'"),
     ({"data.tile_size": 100}, "field 'data.tile_size': expected a multiple of 16"),
     ({"training.epochs_max": 3}, "unknown field 'training.epochs_max' (did you mean 'training.epochs'?)"),
+    ({"tiers": {1: ["earthmind_v1"]}, "data.modalities": ["S2L2A"], "data.tile_size": 112},
+     "field 'data.modalities': expected a modality of each of ['S1', 'S2'] for earthmind_v1 (missing S1)"),
+    ({"resources.max_failures": -1}, "field 'resources.max_failures': expected an integer >= 0"),
+    ({"resources.workers_per_trial": 0}, "field 'resources.workers_per_trial': expected an integer >= 1"),
 ])
 def test_bad_field_names_itself_in_one_line(write_space, overrides, fragment):
     path = write_space(small_space(None, **overrides))

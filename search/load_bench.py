@@ -1,0 +1,90 @@
+"""`search load`: a many-trial search with trivial budgets, watched from outside the driver.
+
+The driver runs as its own process (its own session), exactly as a user starts it; this module
+samples its resident memory while it runs, and after it exits lists every process still alive in
+its session: Ray processes a clean `ray.shutdown()` should have stopped. Trials are tiny Prithvi
+models for one epoch on the packaged chips, so the figures measure the search machinery (Tune,
+Optuna, Ray Train start-up per trial, result handling), not training.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import psutil
+import pyarrow as pa
+import pyarrow.parquet as pq
+import yaml
+
+from search.export import write_results
+from search.processes import session_processes
+
+
+@dataclass(frozen=True)
+class LoadReport:
+    trials: int
+    completed: int
+    failed: int
+    wall_s: float
+    trials_per_minute: float
+    driver_rss_mb_after_first_trial: float
+    driver_rss_mb_peak: float
+    driver_rss_mb_last: float
+    driver_growth_mb: float
+    leftover_processes: int
+    exit_code: int
+
+
+def load_space(trials: int, data_root: str | None) -> dict:
+    return {
+        "name": f"load{trials}", "scale": "tiny", "tiers": {2: ["em_prithvi"]},
+        "techniques": {"quantization_bits": [16], "lora_rank": [0], "gradient_checkpointing": [False]},
+        "training": {"learning_rate": {"low": 1e-4, "high": 3e-3}, "batch_size": [4], "epochs": 1,
+                     "grace_period": 1, "reduction_factor": 2, "num_samples": trials, "seed": 0},
+        "decoder": {"name": "UperNetDecoder", "channels": 16},
+        "data": {"root": data_root, "tile_size": 112},
+    }
+
+
+def finished_trials(run_dir: Path) -> int:
+    return sum(1 for f in (run_dir / "tune").glob("run_trial_*/result.json") if f.stat().st_size > 0)
+
+
+def run_load(trials: int, out: Path, data_root: str | None = None, echo=print) -> LoadReport:
+    out.mkdir(parents=True, exist_ok=True)
+    space_file, run_dir = out / f"load{trials}.yaml", out / f"load{trials}-run"
+    space_file.write_text(yaml.safe_dump(load_space(trials, data_root)))
+    started = time.monotonic()
+    driver = subprocess.Popen([sys.executable, "-m", "search", "run", str(space_file), "--out", str(run_dir)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    process = psutil.Process(driver.pid)
+    samples: list[tuple[int, float]] = []  # (trials finished, driver RSS MB)
+    while driver.poll() is None:
+        try:
+            samples.append((finished_trials(run_dir), process.memory_info().rss / 2**20))
+        except (psutil.Error, OSError):
+            pass
+        time.sleep(2)
+    wall = time.monotonic() - started
+    time.sleep(5)  # give a clean shutdown its moment
+    leftovers = session_processes(driver.pid)
+    for proc in leftovers:
+        echo(f"leftover: pid {proc.pid} {' '.join(proc.cmdline())[:120]}")
+        proc.kill()
+    rows = pq.read_table(run_dir / "results.parquet").to_pylist() if (run_dir / "results.parquet").exists() else []
+    after_first = [rss for done, rss in samples if done >= 1] or [rss for _, rss in samples] or [0.0]
+    report = LoadReport(
+        trials=len(rows), completed=sum(r["status"] == "completed" for r in rows),
+        failed=sum(r["status"] == "failed" for r in rows), wall_s=wall,
+        trials_per_minute=len(rows) / (wall / 60) if wall > 0 else 0.0,
+        driver_rss_mb_after_first_trial=after_first[0], driver_rss_mb_peak=max(after_first),
+        driver_rss_mb_last=after_first[-1], driver_growth_mb=after_first[-1] - after_first[0],
+        leftover_processes=len(leftovers), exit_code=driver.returncode)
+    write_results(pa.Table.from_pylist([asdict(report)]), out / f"load{trials}.parquet")
+    echo("\n".join(f"{key:32s} {value:.1f}" if isinstance(value, float) else f"{key:32s} {value}"
+                   for key, value in asdict(report).items()))
+    return report
