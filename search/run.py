@@ -84,15 +84,12 @@ def start_run(space_path: str | Path, space: Space, out: Path, storage: str | No
 
 def reopen_run(space_path: str | Path, out: Path) -> tuple[PreparedData, str, str]:
     """An interrupted run directory, checked to be one this space started."""
-    record, tuner_state = out / RUN_RECORD, None
-    if record.is_file():
-        location = json.loads(record.read_text())["location"]
-        tuner_state = f"{location}/tune"
-    if tuner_state is None or not Tuner.can_restore(tuner_state):
+    record = out / RUN_RECORD
+    meta = json.loads(record.read_text()) if record.is_file() else None
+    if meta is None or not Tuner.can_restore(f"{meta['location']}/tune"):
         raise RunError(f"--resume {out}: holds no search run to resume (no {RUN_RECORD} with a Tune experiment)")
     if Path(space_path).read_bytes() != (out / "space.yaml").read_bytes():
         raise RunError(f"--resume {out}: {space_path} differs from the space.yaml the run started with")
-    meta = json.loads(record.read_text())
     return PreparedData.load(out / "data"), meta["location"], meta["data"]
 
 

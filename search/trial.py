@@ -1,8 +1,9 @@
 """One trial: a Ray Train TorchTrainer running Lightning on a TerraTorch segmentation task.
 
-`run_trial` is the Ray Tune trainable (a plain function of the sampled config); it only builds
-the TerraTorch config and launches Ray Train. `train_worker` runs on each Ray Train worker and
-knows nothing of the search. Metrics travel worker → `ray.train.report` → Train V2's
+`run_trial` is the Ray Tune trainable (a plain function of the sampled config); it writes the
+trial's TerraTorch config, launches Ray Train and turns a reported training fault into a failed
+trial. `train_worker` runs on each Ray Train worker: it builds the same config against the tiles
+on its own node and trains. Metrics travel worker → `ray.train.report` → Train V2's
 `TuneReportCallback` → Tune, once per epoch, so ASHA can stop a trial between epochs.
 """
 
