@@ -71,14 +71,11 @@ def trial_rows(result_grid, max_epochs: int, scale: str, budget_gb: float | None
         config = result.config or {}
         history = result.metrics_dataframe
         curve = [float(v) for v in history["val_miou"]] if history is not None and "val_miou" in history else []
-        if metrics.get("fault") and curve:
-            curve = curve[:-1]
         epochs_run = int(metrics.get("training_iteration", 0) or 0)
-        if metrics.get("fault"):
-            epochs_run -= 1  # the fault's own report is not an epoch
-        cause = None
-        if metrics.get("fault"):  # ASHA may stop the trial on this report before its error lands
-            status, error, cause = STATUS_FAILED, metrics.get("fault_error"), metrics["fault"]
+        fault, cause = metrics.get("fault"), None
+        if fault:  # the fault's own report is no epoch; ASHA may stop the trial on it before its error lands
+            curve, epochs_run = curve[:-1], epochs_run - 1
+            status, error, cause = STATUS_FAILED, metrics.get("fault_error"), fault
         elif result.error is not None:
             status, error = STATUS_FAILED, f"{type(result.error).__name__}: {str(result.error).strip().splitlines()[-1]}"
             cause = cause_of(str(result.error))
