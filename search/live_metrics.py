@@ -48,9 +48,7 @@ class LiveSearchMetrics(Callback):
         self.done += 1
         self.publish()
 
-    def on_trial_error(self, iteration, trials, trial, **info) -> None:
-        self.done += 1
-        self.publish()
+    on_trial_error = on_trial_complete  # a failed trial is done too
 
     def publish(self) -> None:
         if self.gauges is None:

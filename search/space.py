@@ -229,7 +229,6 @@ def parse_space(raw: Any, source: str = "<space>") -> Space:
         stride = CATALOG[name].patch_size
         if data.tile_size % stride:
             c.fail("data.tile_size", f"a multiple of {stride} ({name}'s patch stride)", data.tile_size)
-    for name in (n for names in tiers.values() for n in names):
         missing = [s for s in CATALOG[name].required_sensors if not any(m.startswith(s) for m in data.modalities)]
         if missing:
             c.fail("data.modalities", f"a modality of each of {list(CATALOG[name].required_sensors)} for {name} "
