@@ -1,10 +1,12 @@
-"""Command line: `python -m search run SPACE`, `check BACKBONE`, `bench ...`, `memory ...`, `capacity`."""
+"""Command line: `python -m search run SPACE`, `report DIR`, `check BACKBONE`, `bench backbones|asha ...`,
+`memory ...`, `capacity`, `load`."""
 
 from __future__ import annotations
 
 import argparse
 import os
 import sys
+import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # weights only ever come from local paths
@@ -28,7 +30,15 @@ def main(argv: list[str] | None = None) -> int:
     check.add_argument("--scale", default="tiny", choices=["tiny", "full"])
     check.add_argument("--batch-size", type=int, default=2)
     check.add_argument("--img-size", type=int, default=112)
-    bench = commands.add_parser("bench", help="parameters, memory, throughput and outputs per backbone and scale")
+    report = commands.add_parser("report", help="HTML report (plus PNGs) of a finished run directory")
+    report.add_argument("run_dir", type=Path)
+    benches = commands.add_parser("bench", help="benchmarks: `bench backbones ...`, `bench asha SPACE`")
+    bench_kinds = benches.add_subparsers(dest="bench", required=True)
+    asha = bench_kinds.add_parser("asha", help="trial-epochs ASHA and full budgets need to reach the best")
+    asha.add_argument("space", help="search-space YAML")
+    asha.add_argument("--out", type=Path, default=None, help="default: runs/asha-bench-<time>")
+    asha.add_argument("--address", default=None, help="Ray cluster to join (default: embedded local Ray)")
+    bench = bench_kinds.add_parser("backbones", help="parameters, memory, throughput and outputs per backbone")
     bench.add_argument("--backbones", nargs="+", required=True)
     bench.add_argument("--scales", nargs="+", default=["tiny", "full"], choices=["tiny", "full"])
     bench.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 2])
@@ -56,6 +66,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from search.cluster import ClusterError
     from search.data import DataError
+    from search.report import ReportError
     from search.run import RunError, run_search
     from search.space import SpaceError
     from search.storage import StorageError
@@ -87,6 +98,15 @@ def main(argv: list[str] | None = None) -> int:
             from search.check import check_backbone
 
             return 0 if check_backbone(args.backbone, args.scale, args.batch_size, args.img_size) else 1
+        elif args.command == "report":
+            from search.report import write_report
+
+            print(f"report: {write_report(args.run_dir)}")
+        elif args.command == "bench" and args.bench == "asha":
+            from search.asha_bench import run_asha_bench
+
+            out = args.out or Path("runs") / f"asha-bench-{time.strftime('%Y%m%d-%H%M%S')}"
+            run_asha_bench(Path(args.space), out, args.address)
         elif args.command == "bench":
             from search.bench import run_bench
 
@@ -104,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
             from search.memory_bench import run_memory
 
             run_memory(args.backbone, args.test, args.validate, args.out, args.full_batch_size, args.full_img_size)
-    except (SpaceError, DataError, RunError, ResourceError, ClusterError, StorageError) as err:
+    except (SpaceError, DataError, RunError, ResourceError, ClusterError, StorageError, ReportError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0

@@ -85,6 +85,8 @@ def run_load(trials: int, out: Path, data_root: str | None = None, echo=print) -
         driver_rss_mb_last=after_first[-1], driver_growth_mb=after_first[-1] - after_first[0],
         leftover_processes=len(leftovers), exit_code=driver.returncode)
     write_results(pa.Table.from_pylist([asdict(report)]), out / f"load{trials}.parquet")
+    write_results(pa.table({"trials_finished": [done for done, _ in samples],
+                            "driver_rss_mb": [rss for _, rss in samples]}), out / f"load{trials}-rss.parquet")
     echo("\n".join(f"{key:32s} {value:.1f}" if isinstance(value, float) else f"{key:32s} {value}"
                    for key, value in asdict(report).items()))
     return report

@@ -52,7 +52,10 @@ SCHEMA = pa.schema([
     ("train_batches", pa.int64()),
     ("train_loss", pa.float64()),
     ("val_miou_per_epoch", pa.list_(pa.float64())),
+    ("seed", pa.int64()),
+    ("test_miou", pa.float64()),
 ])
+NOT_EPOCH_REPORTS = ("fault", "infeasible", "test_miou")  # reports a trial makes besides its epochs
 
 
 def _float(value: Any) -> float | None:
@@ -63,18 +66,30 @@ def _float(value: Any) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def trial_rows(result_grid, max_epochs: int, scale: str, budget_gb: float | None = None) -> list[dict[str, Any]]:
-    """One dict per trial with SCHEMA's columns; status tells completed / stopped / failed."""
+def epoch_curve(history) -> list[float]:
+    """Validation mIoU of each epoch a trial reported (its fault, infeasible or test reports left out)."""
+    if history is None or "val_miou" not in history:
+        return []
+    for column in NOT_EPOCH_REPORTS:
+        if column in history:
+            history = history[history[column].isna()]
+    return [float(v) for v in history["val_miou"]]
+
+
+def trial_rows(result_grid, max_epochs: int, scale: str, budget_gb: float | None = None,
+               params_key: str | None = None, carry: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+    """One dict per trial with SCHEMA's columns (plus `carry`); status tells completed / stopped / failed.
+
+    `params_key`: where the trial's parameters sit in its config when they are not the config itself.
+    """
     rows = []
     for result in result_grid:
         metrics = result.metrics or {}
-        config = result.config or {}
-        history = result.metrics_dataframe
-        curve = [float(v) for v in history["val_miou"]] if history is not None and "val_miou" in history else []
-        epochs_run = int(metrics.get("training_iteration", 0) or 0)
+        config = (result.config or {}).get(params_key, {}) if params_key else (result.config or {})
+        curve = epoch_curve(result.metrics_dataframe)
+        epochs_run = len(curve)
         fault, cause = metrics.get("fault"), None
-        if fault:  # the fault's own report is no epoch; ASHA may stop the trial on it before its error lands
-            curve, epochs_run = curve[:-1], epochs_run - 1
+        if fault:  # ASHA may stop the trial on its fault report before its error lands
             status, error, cause = STATUS_FAILED, metrics.get("fault_error"), fault
         elif result.error is not None:
             status, error = STATUS_FAILED, f"{type(result.error).__name__}: {str(result.error).strip().splitlines()[-1]}"
@@ -87,7 +102,7 @@ def trial_rows(result_grid, max_epochs: int, scale: str, budget_gb: float | None
         else:
             status, error = STATUS_COMPLETED, None
         trial_id = metrics.get("trial_id") or result.path.rstrip("/").split("/")[-1]
-        row = {name: config.get(name) for name in SEARCHED_PARAMS}
+        row = {name: config.get(name) for name in (*SEARCHED_PARAMS, *carry)}
         row.update({
             "trial_id": str(trial_id),
             "status": status,
@@ -114,6 +129,8 @@ def trial_rows(result_grid, max_epochs: int, scale: str, budget_gb: float | None
             "train_batches": metrics.get("train_batches"),
             "train_loss": _float(metrics.get("train_loss")),
             "val_miou_per_epoch": curve,
+            "seed": metrics.get("seed"),
+            "test_miou": _float(metrics.get("test_miou")),
         })
         rows.append(row)
     return sorted(rows, key=lambda r: r["trial_id"])
@@ -123,9 +140,19 @@ def to_table(rows: list[dict[str, Any]]) -> pa.Table:
     return pa.Table.from_pylist(rows, schema=SCHEMA)
 
 
+def scored(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Trials that trained and were scored (completed or stopped early by ASHA)."""
+    return [r for r in rows if r["objective"] is not None and r["val_miou"] is not None
+            and r["status"] not in (STATUS_FAILED, STATUS_INFEASIBLE)]
+
+
+def ranked(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Scored trials, best accuracy per GB first."""
+    return sorted(scored(rows), key=lambda r: -r["objective"])
+
+
 def best_row(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
-    scored = [r for r in rows if r["objective"] is not None and r["status"] not in (STATUS_FAILED, STATUS_INFEASIBLE)]
-    return max(scored, key=lambda r: r["objective"]) if scored else None
+    return next(iter(ranked(rows)), None)
 
 
 def majority_class_miou(prepared: PreparedData, fit_on: str = "train") -> tuple[int, float]:

@@ -5,14 +5,17 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import ray
 from ray.tune import Tuner
 
-from search.data import SAMPLE_DATA, PreparedData, prepare
+from search.confirm import aggregate, candidates, confirm_tuner, confirmation_rows, write_confirmation
+from search.data import SAMPLE_DATA, DataError, PreparedData, prepare
 from search.export import write_best_config, write_results
+from search.front import pareto_front, pick_on_front
+from search.report import write_report
 from search.results import best_row, majority_class_miou, slot_utilisation, summary_table, to_table, trial_rows
 from search.space import Space, load_space
 from search.storage import check_writable, run_location, upload
@@ -36,6 +39,8 @@ class RunOutcome:
     oracle_miou: float
     utilisation: float
     wall_seconds: float
+    front: list[dict] = field(default_factory=list)
+    confirmation: list[dict] = field(default_factory=list)  # one row per (top-k configuration, seed)
 
 
 def default_out_dir(space: Space) -> Path:
@@ -70,6 +75,9 @@ def start_run(space_path: str | Path, space: Space, out: Path, storage: str | No
     claim_out_dir(out)
     try:
         prepared = prepare_data(space, out)
+        if space.evaluation.top_k and not prepared.tiles["test"]:
+            raise DataError("evaluation.top_k: retraining on held-out chips needs a test split; name "
+                            "data.test_chips or give at least 3 chips (or set evaluation.top_k: 0)")
         shutil.copyfile(space_path, out / "space.yaml")
         data = str(prepared.root)
         if storage:
@@ -126,28 +134,45 @@ def run_search(space_path: str | Path, out: Path | None = None, address: str | N
 
     rows = trial_rows(grid, space.epochs, space.scale, space.resources.memory_budget_gb)
     write_results(to_table(rows), out / "results.parquet")
-    best = best_row(rows)
+    front = pareto_front(rows)
+    best = pick_on_front(front) if space.objective == "pareto" else best_row(rows)
     if best is not None:
-        config = terratorch_config(space, best, prepared)
-        header = (f"Best trial {best['trial_id']} of {space.name}: val mIoU {best['val_miou']:.4f}, "
-                  f"peak {best['peak_gb']:.4f} GB ({best['memory_method']}), objective {best['objective']:.3f}.\n"
-                  f"Train it with: terratorch fit -c best.yaml")
-        write_best_config(config, out / "best.yaml", header)
+        write_trial_config(space, best, prepared, out / "best.yaml", f"Best trial {best['trial_id']} of {space.name}")
+    if space.objective == "pareto":
+        (out / "pareto").mkdir(exist_ok=True)
+        for i, row in enumerate(front):
+            write_trial_config(space, row, prepared, out / "pareto" / f"{i:02d}_{row['trial_id']}.yaml",
+                               f"Pareto front point {i} (lightest first) of {space.name}: trial {row['trial_id']}")
+
+    confirmation = []
+    if space.evaluation.top_k and best is not None:
+        picks = candidates(rows, space.evaluation.top_k)
+        echo(f"held-out test: retraining the top {len(picks)} configuration(s) over {space.evaluation.seeds} "
+             f"seed(s) for {space.epochs} epochs each")
+        confirm_grid = confirm_tuner(space, picks, location, data, resources, concurrent, resume).fit()
+        confirmation = confirmation_rows(confirm_grid, space)
+        write_confirmation(out / "confirm.parquet", confirmation)
+
     baseline_class, baseline = majority_class_miou(prepared, fit_on="train")
     oracle_class, oracle = majority_class_miou(prepared, fit_on="val")
     utilisation = slot_utilisation(rows, concurrent, wall)
-    outcome = RunOutcome(out, rows, best, baseline_class, baseline, oracle_class, oracle, utilisation, wall)
+    outcome = RunOutcome(out, rows, best, baseline_class, baseline, oracle_class, oracle, utilisation, wall,
+                         front, confirmation)
     (out / "summary.json").write_text(json.dumps({
         "trials": len(rows), "statuses": {s: sum(r["status"] == s for r in rows) for s in {r["status"] for r in rows}},
+        "objective": space.objective, "scheduler": space.scheduler,
         "best_trial": best["trial_id"] if best else None, "best_val_miou": best["val_miou"] if best else None,
-        "best_objective": best["objective"] if best else None, "majority_class": baseline_class,
+        "best_objective": best["objective"] if best else None, "pareto_front": [r["trial_id"] for r in front],
+        "majority_class": baseline_class,
         "majority_class_val_miou": baseline, "val_majority_class": oracle_class,
         "val_majority_class_val_miou": oracle, "slot_utilisation": utilisation, "concurrent_slots": concurrent,
-        "wall_seconds": wall,
+        "wall_seconds": wall, "held_out": aggregate(confirmation, rows),
     }, indent=1))
+    report = write_report(out)
 
     if location != str(out):
-        for name in ("space.yaml", "results.parquet", "best.yaml", "summary.json", "optuna_journal.log"):
+        for name in ("space.yaml", "results.parquet", "best.yaml", "summary.json", "optuna_journal.log",
+                     "confirm.parquet", "report.html", "report", "pareto"):
             if (out / name).exists():
                 upload(out / name, f"{location}/{name}")
 
@@ -162,5 +187,30 @@ def run_search(space_path: str | Path, out: Path | None = None, address: str | N
     else:
         echo("no trial produced a score; no best.yaml written")
     echo(f"slot utilisation: {utilisation:.1%} of {concurrent} slot(s) x {wall:.0f} s wall spent training")
+    for line in held_out_lines(aggregate(confirmation, rows)):
+        echo(line)
     echo(f"results: {out / 'results.parquet'}")
+    echo(f"report: {report}")
     return outcome
+
+
+def write_trial_config(space: Space, row: dict, prepared: PreparedData, path: Path, title: str) -> None:
+    header = (f"{title}: val mIoU {row['val_miou']:.4f}, peak {row['peak_gb']:.4f} GB ({row['memory_method']}), "
+              f"objective {row['objective']:.3f}.\nTrain it with: terratorch fit -c {path.name}")
+    write_best_config(terratorch_config(space, row, prepared), path, header)
+
+
+def held_out_lines(summary: list[dict]) -> list[str]:
+    """The top-k retrained: search val mIoU, then val and test mean ± std over the seeds."""
+    if not summary:
+        return []
+    lines = ["", "held-out test (top configurations retrained; mean ± std over seeds):"]
+    for entry in summary:
+        val, test = entry["val_miou"], entry["test_miou"]
+        if not entry["completed"]:
+            lines.append(f"  #{entry['rank']} {entry['backbone']}: no seed completed")
+            continue
+        lines.append(f"  #{entry['rank']} {entry['backbone']} ({entry['source_trial_id']}): search val "
+                     f"{entry['search_val_miou']:.4f} | val {val['mean']:.4f} ± {val['std']:.4f} | "
+                     f"test {test['mean']:.4f} ± {test['std']:.4f} ({entry['completed']}/{entry['runs']} seeds)")
+    return lines

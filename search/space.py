@@ -47,6 +47,18 @@ class ResourceSpec:
     max_failures: int = 2  # restarts of a trial's workers after a worker or node dies (Ray Train FailureConfig)
 
 
+OBJECTIVES = ("accuracy_per_gb", "pareto")
+SCHEDULERS = ("asha", "fifo")
+
+
+@dataclass(frozen=True)
+class EvaluationSpec:
+    """After the search: retrain the top-k configurations over several seeds, score them on test."""
+
+    top_k: int = 3  # 0 = off
+    seeds: int = 3
+
+
 @dataclass(frozen=True)
 class Space:
     name: str
@@ -69,6 +81,9 @@ class Space:
     lora_alpha: float | None = None
     lora_dropout: float = 0.0
     precision: str = "32-true"
+    objective: str = "accuracy_per_gb"  # or "pareto": maximise val mIoU and minimise peak GB together
+    scheduler: str = "asha"  # or "fifo": every trial runs all its epochs
+    evaluation: EvaluationSpec = field(default_factory=EvaluationSpec)
     data: DataSpec = field(default_factory=DataSpec)
     resources: ResourceSpec = field(default_factory=ResourceSpec)
     faults: tuple[Fault, ...] = ()  # testing aid (search/faults.py); empty = off
@@ -78,12 +93,14 @@ class Space:
         return next((f for f in self.faults if f.trial == trial_number), None)
 
 
-TOP_KEYS = {"name", "scale", "tiers", "techniques", "training", "decoder", "data", "resources", "faults"}
+TOP_KEYS = {"name", "scale", "objective", "tiers", "techniques", "training", "decoder", "data", "resources",
+            "evaluation", "faults"}
 FAULT_KEYS = {"trial", "kind", "epoch"}
 TECHNIQUE_KEYS = {"quantization_bits", "lora_rank", "gradient_checkpointing", "quant_type", "double_quant",
                   "lora_alpha", "lora_dropout"}
 TRAINING_KEYS = {"learning_rate", "batch_size", "epochs", "grace_period", "reduction_factor", "num_samples", "seed",
-                 "precision"}
+                 "precision", "scheduler"}
+EVALUATION_KEYS = set(EvaluationSpec.__dataclass_fields__)
 DECODER_KEYS = {"name", "channels"}
 DATA_KEYS = set(DataSpec.__dataclass_fields__)
 RESOURCE_KEYS = set(ResourceSpec.__dataclass_fields__)
@@ -158,6 +175,9 @@ def parse_space(raw: Any, source: str = "<space>") -> Space:
     scale = raw.get("scale", "tiny")
     if scale not in ("tiny", "full"):
         c.fail("scale", "'tiny' or 'full'", scale)
+    objective = raw.get("objective", "accuracy_per_gb")
+    if objective not in OBJECTIVES:
+        c.fail("objective", " or ".join(repr(o) for o in OBJECTIVES), objective)
 
     tiers_raw = raw.get("tiers")
     if not isinstance(tiers_raw, dict) or not tiers_raw:
@@ -210,6 +230,9 @@ def parse_space(raw: Any, source: str = "<space>") -> Space:
         c.fail("training.learning_rate", "a mapping {low: L, high: H} (sampled log-uniformly)", lr)
     low = c.number(lr["low"], "training.learning_rate.low", 0.0, strictly=True)
     high = c.number(lr["high"], "training.learning_rate.high", low)
+    scheduler = training.get("scheduler", "asha")
+    if scheduler not in SCHEDULERS:
+        c.fail("training.scheduler", " or ".join(repr(o) for o in SCHEDULERS), scheduler)
     epochs = c.integer(training.get("epochs", 4), "training.epochs", 1)
     grace = c.integer(training.get("grace_period", 1), "training.grace_period", 1)
     if grace > epochs:
@@ -248,6 +271,11 @@ def parse_space(raw: Any, source: str = "<space>") -> Space:
         c.number(resources.memory_budget_gb, "resources.memory_budget_gb", 0.0, strictly=True)
     c.integer(resources.max_failures, "resources.max_failures", 0)
 
+    evaluation_raw = c.section(raw, "evaluation", EVALUATION_KEYS)
+    evaluation = EvaluationSpec(
+        top_k=c.integer(evaluation_raw.get("top_k", EvaluationSpec.top_k), "evaluation.top_k", 0),
+        seeds=c.integer(evaluation_raw.get("seeds", EvaluationSpec.seeds), "evaluation.seeds", 1))
+
     faults = parse_faults(c, raw.get("faults", []), epochs)
 
     return Space(
@@ -274,6 +302,9 @@ def parse_space(raw: Any, source: str = "<space>") -> Space:
         lora_alpha=None if lora_alpha is None else float(lora_alpha),
         lora_dropout=float(lora_dropout),
         precision=precision,
+        objective=objective,
+        scheduler=scheduler,
+        evaluation=evaluation,
         data=data,
         resources=resources,
         faults=faults,

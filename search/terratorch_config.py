@@ -50,9 +50,10 @@ def model_init_args(space: Space, params: dict[str, Any], num_classes: int, moda
 
 
 def terratorch_config(space: Space, params: dict[str, Any], prepared: PreparedData) -> dict[str, Any]:
-    """The complete LightningCLI config for one set of sampled parameters."""
+    """The complete LightningCLI config for one set of sampled parameters (and its seed, if it has one)."""
+    seed = params.get("seed")
     return {
-        "seed_everything": space.seed,
+        "seed_everything": int(space.seed if seed is None else seed),
         "custom_modules_path": str(EM_BACKBONES_DIR),
         "trainer": {
             "accelerator": "auto",

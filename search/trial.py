@@ -34,6 +34,7 @@ from search.storage import materialise
 from search.terratorch_config import terratorch_config
 
 VAL_METRIC = "val/mIoU"
+TEST_METRIC = "test/mIoU"
 SHARDABLE_DATAMODULE = "em_backbones.datamodules.ShardableMultiModalDataModule"
 
 
@@ -69,8 +70,10 @@ class EpochReporter(pl.Callback):
     this reports metrics alone (the winner is retrained from best.yaml).
     """
 
-    def __init__(self, meter: PeakMemoryMeter) -> None:
+    def __init__(self, meter: PeakMemoryMeter, seed: int) -> None:
         self.meter = meter
+        self.seed = seed
+        self.last: dict[str, Any] = {}  # the latest epoch's report, repeated with the test score
         self.started = time.monotonic()
         self.node_ip = ray.util.get_node_ip_address()
         self.node_id = ray.get_runtime_context().get_node_id()
@@ -96,6 +99,7 @@ class EpochReporter(pl.Callback):
         breakdown = self.meter.peak_breakdown
         metrics = {
             "epoch": trainer.current_epoch + 1,
+            "seed": self.seed,
             "val_miou": miou,
             "train_loss": loss,
             "peak_gb": peak_gb,
@@ -115,6 +119,7 @@ class EpochReporter(pl.Callback):
                 "optimizer_gb": gigabytes(breakdown.optimizer_state),
                 "activation_gb": gigabytes(breakdown.saved_activations),
             })
+        self.last = metrics
         ray.train.report(metrics)
 
 
@@ -138,6 +143,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     datamodule = instantiate(config["data"])
     task = instantiate(config["model"])
     meter = PeakMemoryMeter()
+    reporter = EpochReporter(meter, config["seed_everything"])
     trainer_args = {k: v for k, v in config["trainer"].items() if k not in ("accelerator", "devices")}
     space: Space = loop_config["space"]
     trainer = pl.Trainer(
@@ -147,7 +153,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
         devices="auto",
         strategy=RayDDPStrategy(),
         plugins=[RayLightningEnvironment()],
-        callbacks=[meter, EpochReporter(meter), FaultGuard(space.fault_for(loop_config["params"]["trial_number"]))],
+        callbacks=[meter, reporter, FaultGuard(space.fault_for(loop_config["params"]["trial_number"]))],
         enable_progress_bar=False,
         enable_model_summary=False,
     )
@@ -161,6 +167,11 @@ def train_worker(loop_config: dict[str, Any]) -> None:
         ray.train.report({"fault": cause_of(err), "fault_error": f"{type(err).__name__}: {err}"[:500],
                           "objective": float("nan"), "epoch": trainer.current_epoch + 1,
                           "peak_gb": gigabytes(meter.peak_bytes), "val_miou": float("nan")})
+        return
+    if loop_config["params"].get("evaluate_test"):
+        # Held-out evaluation (search/confirm.py): one more report, the last epoch's plus the test mIoU.
+        trainer.test(task, datamodule=datamodule, verbose=False)
+        ray.train.report({**reporter.last, "test_miou": float(trainer.callback_metrics.get(TEST_METRIC, float("nan")))})
 
 
 def run_trial(config: dict[str, Any], space: Space, data: str, storage: str, resources: TrialResources) -> None:

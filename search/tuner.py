@@ -11,23 +11,48 @@ controller also reserves no CPU), and the number of concurrent trials is how man
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Callable
 
 import optuna
-from optuna.storages import JournalStorage
-from optuna.storages.journal import JournalFileBackend
 from ray import tune
-from ray.tune.schedulers import ASHAScheduler
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 from ray.tune.search.optuna import OptunaSearch
 
 from search.live_metrics import LiveSearchMetrics
 from search.space import DefineByRun, Space
+from search.study import journal_storage
 from search.trial import TrialResources, run_trial
 
 METRIC = "objective"
 DRIVER_MEMORY_BYTES = 64 * 1024**2
 HEAD_NODE_RESOURCE = "node:__internal_head__"  # Ray's resource that only the head node has
 MODE = "max"
+
+
+@dataclass(frozen=True)
+class Objectives:
+    """What Optuna optimises and the one scalar ASHA compares trials on at each rung."""
+
+    searcher_metric: str | list[str]
+    searcher_mode: str | list[str]
+    scheduler_metric: str
+    scheduler_mode: str
+
+
+def objectives_of(space: Space) -> Objectives:
+    """`accuracy_per_gb`: one scalar for both. `pareto`: Optuna gets (val mIoU max, peak GB min).
+
+    ASHA then ranks on val mIoU, not on mIoU/GB: a configuration's peak GB is fixed from its first
+    training step, so the only thing a further epoch can reveal is accuracy. Ranking rungs on
+    mIoU/GB would let memory alone stop every heavy configuration at the first rung and empty the
+    accurate end of the front; a light configuration ASHA stops keeps its exact GB and a lower
+    bound of its accuracy, so it still lands on the front if it belongs there.
+    """
+    if space.objective == "pareto":
+        return Objectives(["val_miou", "peak_gb"], ["max", "min"], "val_miou", "max")
+    return Objectives(METRIC, MODE, METRIC, MODE)
 
 
 class ResourceError(RuntimeError):
@@ -66,23 +91,55 @@ class FailureAwareOptunaSearch(OptunaSearch):
     """
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        value = (result or {}).get(METRIC)
-        failed = error or bool((result or {}).get("fault")) or \
-            (result is not None and not (isinstance(value, (int, float)) and math.isfinite(value)))
+        result = dict(result) if result else None
+        if result and result.get("infeasible"):
+            # Never trained: no accuracy at its predicted memory; the trial's constraint marks it infeasible.
+            result.update(val_miou=0.0, peak_gb=result["predicted_gb"])
+        metrics = self.metric if isinstance(self.metric, list) else [self.metric]
+        values = [(result or {}).get(name) for name in metrics]
+        finite = all(isinstance(v, (int, float)) and math.isfinite(v) for v in values)
+        failed = error or bool((result or {}).get("fault")) or (result is not None and not finite)
         super().on_trial_complete(trial_id, None if failed else result, error=failed)
 
 
 def optuna_searcher(space: Space, out_dir: Path) -> OptunaSearch:
     """Optuna TPE over the define-by-run space, its study kept in the run directory."""
-    storage = JournalStorage(JournalFileBackend(str(out_dir / "optuna_journal.log")))
+    storage = journal_storage(out_dir)
+    goal = objectives_of(space)
     return FailureAwareOptunaSearch(
         space=DefineByRun(space),
-        metric=METRIC,
-        mode=MODE,
+        metric=goal.searcher_metric,
+        mode=goal.searcher_mode,
         sampler=optuna.samplers.TPESampler(seed=space.seed, n_startup_trials=max(2, space.num_samples // 3)),
         study_name=space.name,
         storage=storage,
     )
+
+
+def scheduler_of(space: Space) -> TrialScheduler:
+    if space.scheduler == "fifo":
+        return FIFOScheduler()
+    goal = objectives_of(space)
+    return ASHAScheduler(time_attr="training_iteration", metric=goal.scheduler_metric, mode=goal.scheduler_mode,
+                         max_t=space.epochs, grace_period=space.grace_period,
+                         reduction_factor=space.reduction_factor)
+
+
+def head_pinned(trainable: Callable, **parameters: Any):
+    """A Tune function that reserves no CPU or GPU: only the trial's Ray Train workers hold those.
+
+    Ray refuses an empty bundle, so the function reserves the little memory it really uses. It
+    runs on the head node (as does its Train controller, in the same placement group), so losing
+    a worker node loses only Train workers, which Ray Train restarts wherever there is room.
+    """
+    return tune.with_resources(tune.with_parameters(trainable, **parameters),
+                               {"cpu": 0, "memory": DRIVER_MEMORY_BYTES, HEAD_NODE_RESOURCE: 0.001})
+
+
+def run_config(name: str, storage: str, space: Space, live_metrics: bool = True) -> tune.RunConfig:
+    """Tune's experiment `<storage>/<name>`; a trial's failure is recorded, never retried by Tune."""
+    return tune.RunConfig(name=name, storage_path=storage, failure_config=tune.FailureConfig(max_failures=0),
+                          callbacks=[LiveSearchMetrics(space.name, METRIC)] if live_metrics else [], verbose=1)
 
 
 def build_tuner(space: Space, out_dir: Path, storage: str, data: str, resources: TrialResources,
@@ -92,37 +149,17 @@ def build_tuner(space: Space, out_dir: Path, storage: str, data: str, resources:
     Resuming restores Tune's experiment state (finished trials stay finished, interrupted ones
     run again from their start) and the pickled OptunaSearch, whose study lives on in the journal.
     """
-    trainable = tune.with_resources(
-        tune.with_parameters(run_trial, space=space, data=data, storage=storage, resources=resources),
-        # No CPU or GPU: only the trial's Ray Train workers hold those. Ray refuses an empty
-        # bundle, so the function reserves the little memory it really uses. It runs on the head
-        # node (as does its Train controller, in the same placement group), so losing a worker
-        # node loses only Train workers, which Ray Train restarts wherever there is room.
-        {"cpu": 0, "memory": DRIVER_MEMORY_BYTES, HEAD_NODE_RESOURCE: 0.001},
-    )
+    trainable = head_pinned(run_trial, space=space, data=data, storage=storage, resources=resources)
     if resume:
         return tune.Tuner.restore(f"{storage.rstrip('/')}/tune", trainable, resume_unfinished=True,
                                   resume_errored=False, restart_errored=False)
     return tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(
-            metric=METRIC,
-            mode=MODE,
             search_alg=optuna_searcher(space, out_dir),
-            scheduler=ASHAScheduler(
-                time_attr="training_iteration",
-                max_t=space.epochs,
-                grace_period=space.grace_period,
-                reduction_factor=space.reduction_factor,
-            ),
+            scheduler=scheduler_of(space),
             num_samples=space.num_samples,
             max_concurrent_trials=max_concurrent,
         ),
-        run_config=tune.RunConfig(
-            name="tune",
-            storage_path=storage,
-            failure_config=tune.FailureConfig(max_failures=0),
-            callbacks=[LiveSearchMetrics(space.name, METRIC)],
-            verbose=1,
-        ),
+        run_config=run_config("tune", storage, space),
     )

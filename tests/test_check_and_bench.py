@@ -25,7 +25,7 @@ def test_check_refuses_unknown_backbone(capsys):
 
 def test_bench_writes_table_parquet_and_chart(tmp_path, capsys):
     out = tmp_path / "bench"
-    assert main(["bench", "--backbones", "granite_4_tiny", "em_clay", "--batch-sizes", "1", "2",
+    assert main(["bench", "backbones", "--backbones", "granite_4_tiny", "em_clay", "--batch-sizes", "1", "2",
                  "--out", str(out)]) == 0
     rows = pq.read_table(out / "bench.parquet").to_pylist()
     measured = [r for r in rows if r["measured"]]
