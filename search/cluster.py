@@ -23,12 +23,22 @@ class ClusterError(RuntimeError):
     """The Ray cluster named by --address cannot be joined."""
 
 
+# Seconds a trial's Ray Train workers get to start (Ray's default, 60, is short for a busy node
+# importing torch, TerraTorch and Lightning into fresh worker processes).
+WORKER_START_TIMEOUT_S = "180"
+
+
 def connect(address: str | None) -> Any:
     """Start embedded local Ray (address None) or join an existing cluster; returns Ray's context."""
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
     if ray.is_initialized():
         return ray.get_runtime_context()
-    kwargs: dict[str, Any] = {"log_to_driver": False, "configure_logging": True, "logging_level": "WARNING"}
+    # The job's runtime environment reaches every process of the search on every node, the Train
+    # controllers included, which read the start timeout.
+    env_vars = {"RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": os.environ.get(
+        "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", WORKER_START_TIMEOUT_S)}
+    kwargs: dict[str, Any] = {"log_to_driver": False, "configure_logging": True, "logging_level": "WARNING",
+                              "runtime_env": {"env_vars": env_vars}}
     if address is None:
         kwargs.update(include_dashboard=True, dashboard_host="127.0.0.1")
     try:

@@ -25,6 +25,7 @@ CAUSE_NAN = "nan_loss"
 CAUSE_OOM = "out_of_memory"
 CAUSE_NODE = "node_lost"
 CAUSE_INFEASIBLE = "over_memory_budget"
+CAUSE_WORKERS_NOT_STARTED = "workers_not_started"  # Ray Train's worker group never started (search/trial.py)
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,8 @@ class NonFiniteLoss(FloatingPointError):
 def cause_of(error: BaseException | str) -> str:
     """A short cause for results.parquet from an exception or its text."""
     text = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
+    if "WorkerGroupStartupTimeoutError" in text or "worker group startup timed out" in text:
+        return CAUSE_WORKERS_NOT_STARTED
     if "NonFiniteLoss" in text:
         return CAUSE_NAN
     if "OutOfMemoryError" in text or "out of memory" in text.lower():

@@ -27,7 +27,7 @@ from search.export import write_text  # noqa: E402
 from search.front import pareto_front  # noqa: E402
 from search.results import STATUS_STOPPED, ranked, scored  # noqa: E402
 from search.space import Space, load_space  # noqa: E402
-from search.study import load_study  # noqa: E402
+from search.study import JOURNAL, load_study  # noqa: E402
 
 TOP_K = 10
 TEMPLATE = Path(__file__).parent / "templates" / "report.html"
@@ -108,6 +108,8 @@ def objective_by_choice(rows: list[dict], path: Path) -> Path:
 
 def importances(space: Space, run_dir: Path) -> tuple[dict[str, dict[str, float]], str | None]:
     """Optuna's fANOVA importances per objective, or why there are none."""
+    if not (run_dir / JOURNAL).is_file():
+        return {}, f"no Optuna study to read (no {JOURNAL})"
     try:
         study = load_study(run_dir, space.name)
     except (KeyError, FileNotFoundError, ValueError) as err:
@@ -199,6 +201,8 @@ def held_out_chart(summary: list[dict], confirm_rows: list[dict], path: Path) ->
             seeds = [r[key] for r in confirm_rows if r["rank"] == entry["rank"] and r[key] is not None]
             ax.scatter([i + offset] * len(seeds), seeds, s=12, color="black", zorder=3)
     ax.set_xticks(range(len(summary)), [f"#{e['rank']} {e['backbone']}" for e in summary])
+    ax.set_xlim(-0.6, len(summary) - 0.4)
+    ax.set_ylim(bottom=0)
     ax.set_ylabel("mIoU (bars: mean ± std over seeds)")
     ax.set_title("Validation vs held-out test")
     ax.legend(fontsize=8)

@@ -36,6 +36,11 @@ from search.terratorch_config import terratorch_config
 VAL_METRIC = "val/mIoU"
 TEST_METRIC = "test/mIoU"
 SHARDABLE_DATAMODULE = "em_backbones.datamodules.ShardableMultiModalDataModule"
+# Ray Train retries a worker group that does not start in time without limit by default. Seen on a
+# busy 2-CPU machine: a start timed out, its placement group was created after the timeout and
+# kept the CPU the retry needed, so the trial waited forever and so did the search. A bounded
+# number of retries ends such a trial as failed; its controller exits and Ray frees what it held.
+WORKER_START_RETRIES = 3
 
 
 class TrialFailed(RuntimeError):
@@ -203,7 +208,8 @@ def run_trial(config: dict[str, Any], space: Space, data: str, storage: str, res
             storage_path=f"{storage.rstrip('/')}/train",
             callbacks=[TuneReportCallback()],
             # Restarts the workers, on any node with room, when one dies with its node.
-            failure_config=ray.train.FailureConfig(max_failures=space.resources.max_failures),
+            failure_config=ray.train.FailureConfig(max_failures=space.resources.max_failures,
+                                                   controller_failure_limit=WORKER_START_RETRIES),
         ),
     )
     result = trainer.fit()

@@ -65,3 +65,17 @@ def test_bad_fault_entries_are_refused(write_space, faults, fragment):
 
 def test_faults_are_off_unless_listed():
     assert load_space("spaces/tier2.yaml").faults == ()
+
+
+def test_a_worker_group_that_never_starts_is_its_own_cause():
+    """What Ray Train raises after its bounded start retries (search/trial.py) reads as that cause."""
+    from ray.train import ControllerError
+    from ray.train.v2._internal.exceptions import WorkerGroupStartupTimeoutError
+
+    from search.faults import CAUSE_WORKERS_NOT_STARTED, cause_of
+    from search.trial import WORKER_START_RETRIES
+
+    error = ControllerError(WorkerGroupStartupTimeoutError(num_workers=1))
+    assert cause_of(error) == CAUSE_WORKERS_NOT_STARTED and cause_of(str(error)) == CAUSE_WORKERS_NOT_STARTED
+    assert cause_of(RuntimeError("CUDA out of memory")) == "out_of_memory"
+    assert 0 < WORKER_START_RETRIES < 10  # bounded: Ray's default (-1) retries forever

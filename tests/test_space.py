@@ -48,6 +48,11 @@ def test_repo_space_files_load():
      "field 'data.modalities': expected a modality of each of ['S1', 'S2'] for earthmind_v1 (missing S1)"),
     ({"resources.max_failures": -1}, "field 'resources.max_failures': expected an integer >= 0"),
     ({"resources.workers_per_trial": 0}, "field 'resources.workers_per_trial': expected an integer >= 1"),
+    ({"objective": "accuracy"}, "field 'objective': expected 'accuracy_per_gb' or 'pareto', got 'accuracy'"),
+    ({"training.scheduler": "hyperband"}, "field 'training.scheduler': expected 'asha' or 'fifo'"),
+    ({"evaluation.top_k": -1}, "field 'evaluation.top_k': expected an integer >= 0"),
+    ({"evaluation.seeds": 0}, "field 'evaluation.seeds': expected an integer >= 1"),
+    ({"evaluation.repeats": 3}, "unknown field 'evaluation.repeats'"),
 ])
 def test_bad_field_names_itself_in_one_line(write_space, overrides, fragment):
     path = write_space(small_space(None, **overrides))

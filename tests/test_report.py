@@ -1,0 +1,163 @@
+"""The numbers behind the report: Pareto front, seed statistics, ASHA's compute to target, the page itself.
+
+These run on hand-made trial rows whose right answers are known; the searches in
+test_search_end_to_end.py check the same code on a real run.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import yaml
+
+from search.__main__ import main
+from search.asha_bench import epochs_to_target
+from search.confirm import CONFIRM_SCHEMA, aggregate, candidates, spread
+from search.export import write_results
+from search.front import pareto_front, pick_on_front
+from search.report import asha_rungs, write_report
+from search.results import SCHEMA, to_table
+from search.space import parse_space
+from tests.conftest import small_space
+
+
+def row(trial_id: str, miou: float | None, gb: float | None, status: str = "completed", **extra) -> dict:
+    base = {name: None for name in SCHEMA.names}
+    base.update(trial_id=trial_id, status=status, backbone="em_prithvi", tier=2, scale="tiny", quantization_bits=16,
+                lora_rank=0, gradient_checkpointing=False, learning_rate=1e-3, batch_size=4, epochs_run=2,
+                val_miou=miou, peak_gb=gb, predicted_gb=gb, memory_method="cpu_accounting",
+                objective=None if miou is None or gb is None else miou / gb, worker_node_ids=[], worker_peak_gb=[],
+                val_miou_per_epoch=[] if miou is None else [miou * 0.8, miou], trial_number=int(trial_id[1:]), seed=0)
+    base.update(extra)
+    return base
+
+
+ROWS = [
+    row("t0", 0.50, 1.0),                      # front: most accurate
+    row("t1", 0.40, 0.5),                      # front: highest mIoU per GB (0.8)
+    row("t2", 0.30, 0.6),                      # dominated by t1
+    row("t3", 0.10, 0.1),                      # front: lightest (1.0 per GB — beats t1 on the ratio)
+    row("t4", 0.45, 1.2, status="stopped_early", epochs_run=1, val_miou_per_epoch=[0.45]),  # dominated by t0
+    row("t5", None, None, status="failed", cause="nan_loss", error="NonFiniteLoss: loss is nan"),
+    row("t6", None, None, status="infeasible", cause="over_memory_budget", predicted_gb=99.0),
+]
+
+
+def test_front_holds_exactly_the_undominated_trials_lightest_first():
+    front = pareto_front(ROWS)
+    assert [r["trial_id"] for r in front] == ["t3", "t1", "t0"]
+    assert pick_on_front(front)["trial_id"] == "t3"  # 0.1/0.1 = 1.0 mIoU per GB, the rule for best.yaml
+
+
+def test_front_of_a_run_where_nothing_trained_is_empty():
+    assert pareto_front(ROWS[5:]) == [] and pick_on_front([]) is None
+
+
+def test_candidates_are_the_top_k_by_accuracy_per_gb_with_their_parameters():
+    picks = candidates(ROWS, 2)
+    assert [(p["rank"], p["source_trial_id"]) for p in picks] == [(1, "t3"), (2, "t1")]
+    assert picks[0]["backbone"] == "em_prithvi" and picks[0]["learning_rate"] == 1e-3
+    assert picks[0]["trial_number"] is None  # a retraining never gets a search trial's injected fault
+
+
+def test_spread_is_mean_sample_std_and_iqm_from_four_runs():
+    values = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 10.0]
+    stats = spread(values)
+    assert stats["mean"] == pytest.approx(np.mean(values))
+    assert stats["std"] == pytest.approx(np.std(values, ddof=1))
+    assert stats["iqm"] == pytest.approx(np.mean([0.3, 0.4, 0.5, 0.6]))  # the middle half; the outlier is gone
+    three = spread([0.2, 0.4, 0.9])
+    assert three["iqm"] is None and three["std"] == pytest.approx(0.3605551, rel=1e-6)
+    assert spread([])["mean"] is None
+
+
+def confirm_rows() -> list[dict]:
+    rows = []
+    for rank, source, vals, tests in ((1, "t3", [0.10, 0.12, 0.14], [0.09, 0.10, 0.14]),
+                                      (2, "t1", [0.40, 0.38, None], [0.35, 0.33, None])):
+        for seed, (val, test) in enumerate(zip(vals, tests)):
+            done = val is not None
+            rows.append({**row(f"c{rank}{seed}", val, 0.1 if done else None,
+                               status="completed" if done else "failed"),
+                         "rank": rank, "source_trial_id": source, "seed": seed, "test_miou": test})
+    return rows
+
+
+def test_aggregate_puts_search_val_next_to_retrained_val_and_test():
+    summary = aggregate(confirm_rows(), ROWS)
+    first, second = summary
+    assert (first["rank"], first["source_trial_id"], first["search_val_miou"]) == (1, "t3", 0.10)
+    assert first["completed"] == 3 and first["seeds"] == [0, 1, 2]
+    assert first["val_miou"]["mean"] == pytest.approx(0.12) and first["test_miou"]["mean"] == pytest.approx(0.11)
+    assert first["test_miou"]["std"] == pytest.approx(np.std([0.09, 0.10, 0.14], ddof=1))
+    assert second["runs"] == 3 and second["completed"] == 2  # a failed seed is counted, not averaged
+
+
+def test_compute_to_target_counts_trial_epochs_in_proposal_order():
+    rows = [row("t0", 0.2, 1.0, epochs_run=4), row("t1", 0.1, 1.0, epochs_run=1),
+            row("t2", 0.5, 1.0, epochs_run=2), row("t3", 0.6, 1.0, epochs_run=4)]
+    assert epochs_to_target(rows, 0.49) == (7, "t2")
+    assert epochs_to_target(list(reversed(rows)), 0.49) == (7, "t2")  # order is Optuna's, not the list's
+    assert epochs_to_target(rows, 0.7) == (None, None)
+
+
+def test_asha_rungs_follow_grace_period_and_reduction_factor():
+    space = parse_space(small_space(None, **{"training.epochs": 9, "training.grace_period": 1,
+                                            "training.reduction_factor": 3}))
+    assert asha_rungs(space) == [1, 3]
+    fifo = parse_space(small_space(None, **{"training.scheduler": "fifo"}))
+    assert asha_rungs(fifo) == []
+
+
+@pytest.fixture
+def run_dir(tmp_path):
+    """A run directory as `search run` leaves it, from the hand-made rows above."""
+    space = small_space(None, **{"training.epochs": 2})
+    (tmp_path / "space.yaml").write_text(yaml.safe_dump(space))
+    write_results(to_table(ROWS), tmp_path / "results.parquet")
+    import pyarrow as pa
+
+    write_results(pa.Table.from_pylist(confirm_rows(), schema=CONFIRM_SCHEMA), tmp_path / "confirm.parquet")
+    (tmp_path / "summary.json").write_text(json.dumps({
+        "best_trial": "t3", "majority_class_val_miou": 0.05, "wall_seconds": 120.0,
+        "held_out": aggregate(confirm_rows(), ROWS)}))
+    return tmp_path
+
+
+def test_report_page_is_self_contained_and_states_the_findings(run_dir):
+    page = write_report(run_dir).read_text()
+    pngs = sorted(p.name for p in (run_dir / "report").iterdir())
+    assert pngs == ["accuracy_vs_memory.png", "held_out.png", "learning_curves.png", "objective_by_choice.png"]
+    for png in pngs:
+        assert (run_dir / "report" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert page.count('src="data:image/png;base64,') == 4 and "src=\"report/" not in page
+    # best accuracy per GB, the front in order, failures with their causes, val next to test
+    assert "1.000" in page and "t3" in page
+    front_table = page[page.index("front point"):page.index("Objective by backbone")]
+    assert [front_table.index(t) for t in ("t3", "t1", "t0")] == sorted(front_table.index(t) for t in ("t3", "t1", "t0"))
+    assert "t2" not in front_table and "t4" not in front_table
+    assert "nan_loss" in page and "over_memory_budget" in page
+    assert "0.1200 ± 0.0200" in page and "0.1100 ± 0.0265" in page  # rank 1: val and test over three seeds
+    assert "No importances: no Optuna study to read" in page  # this directory has no journal
+
+
+def test_report_of_a_directory_without_a_run_is_a_one_line_error(tmp_path, capsys):
+    assert main(["report", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "holds no finished run" in err and str(tmp_path) in err
+    assert not (tmp_path / "report.html").exists()
+
+
+def test_asha_bench_arms_differ_only_in_scheduler_and_skip_the_held_out_stage():
+    from search.asha_bench import arm_space
+
+    raw = small_space(None, **{"evaluation.top_k": 3})
+    arms = {s: parse_space(arm_space(raw, s)) for s in ("asha", "fifo")}
+    assert (arms["asha"].scheduler, arms["fifo"].scheduler) == ("asha", "fifo")
+    assert arms["asha"].evaluation.top_k == arms["fifo"].evaluation.top_k == 0
+    assert arms["asha"].name == "test-asha" and arms["fifo"].name == "test-fifo"
+    same = ("tiers", "seed", "num_samples", "epochs", "learning_rate", "gradient_checkpointing", "data")
+    assert all(getattr(arms["asha"], f) == getattr(arms["fifo"], f) for f in same)
+    assert raw["evaluation"] == {"top_k": 3}  # the user's space is not changed
