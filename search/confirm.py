@@ -21,7 +21,7 @@ from scipy.stats import trim_mean
 from search.export import write_results
 from search.results import SCHEMA, STATUS_COMPLETED, ranked, trial_rows
 from search.space import SEARCHED_PARAMS, Space
-from search.trial import TrialResources, run_trial
+from search.trial import TrialSetup, run_confirmation
 from search.tuner import head_pinned, run_config
 
 CONFIRM_SCHEMA = pa.schema([("rank", pa.int64()), ("source_trial_id", pa.string()), *SCHEMA])
@@ -35,14 +35,10 @@ def candidates(rows: list[dict[str, Any]], top_k: int) -> list[dict[str, Any]]:
             for rank, row in enumerate(ranked(rows)[:top_k], start=1)]
 
 
-def run_confirmation(config: dict[str, Any], **parameters: Any) -> None:
-    """Tune function: one candidate at one seed, trained for every epoch, then tested."""
-    run_trial({**config["candidate"], "seed": config["seed"], "evaluate_test": True}, **parameters)
-
-
-def confirm_tuner(space: Space, picks: list[dict[str, Any]], storage: str, data: str,
-                  resources: TrialResources, max_concurrent: int, resume: bool = False) -> tune.Tuner:
-    trainable = head_pinned(run_confirmation, space=space, data=data, storage=storage, resources=resources)
+def confirm_tuner(space: Space, picks: list[dict[str, Any]], setup: TrialSetup, max_concurrent: int,
+                  resume: bool = False) -> tune.Tuner:
+    trainable = head_pinned(run_confirmation, setup=setup)
+    storage = setup.storage
     path = f"{storage.rstrip('/')}/confirm"
     if resume and tune.Tuner.can_restore(path):
         return tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=False)

@@ -21,7 +21,7 @@ from search.space import Space, load_space
 from search.storage import check_writable, run_location, upload
 from search.terratorch_config import terratorch_config
 from search.cluster import connect, dashboard_lines, probe_reachable
-from search.tuner import build_tuner, plan_resources
+from search.tuner import build_tuner, plan_resources, trial_setup
 
 
 class RunError(RuntimeError):
@@ -116,7 +116,8 @@ def run_search(space_path: str | Path, out: Path | None = None, address: str | N
     try:
         context = connect(address)
         resources, concurrent = plan_resources(ray.cluster_resources(), space)
-        tuner = build_tuner(space, out, location, data, resources, concurrent, resume)
+        setup = trial_setup(space, (out / "space.yaml").read_text(), data, location, resources)
+        tuner = build_tuner(space, out, setup, concurrent, resume)
     except BaseException:
         if not resume:
             shutil.rmtree(out, ignore_errors=True)
@@ -149,7 +150,7 @@ def run_search(space_path: str | Path, out: Path | None = None, address: str | N
         picks = candidates(rows, space.evaluation.top_k)
         echo(f"held-out test: retraining the top {len(picks)} configuration(s) over {space.evaluation.seeds} "
              f"seed(s) for {space.epochs} epochs each")
-        confirm_grid = confirm_tuner(space, picks, location, data, resources, concurrent, resume).fit()
+        confirm_grid = confirm_tuner(space, picks, setup, concurrent, resume).fit()
         confirmation = confirmation_rows(confirm_grid, space)
         write_confirmation(out / "confirm.parquet", confirmation)
 

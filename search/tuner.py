@@ -23,7 +23,7 @@ from ray.tune.search.optuna import OptunaSearch
 from search.live_metrics import LiveSearchMetrics
 from search.space import DefineByRun, Space
 from search.study import journal_storage
-from search.trial import TrialResources, run_trial
+from search.trial import TrialResources, TrialSetup, run_trial
 
 METRIC = "objective"
 DRIVER_MEMORY_BYTES = 64 * 1024**2
@@ -125,6 +125,11 @@ def scheduler_of(space: Space) -> TrialScheduler:
                          reduction_factor=space.reduction_factor)
 
 
+def trial_setup(space: Space, space_yaml: str, data: str, storage: str, resources: TrialResources) -> TrialSetup:
+    return TrialSetup(space_yaml, space.source, space.resources.memory_budget_gb, space.resources.max_failures,
+                      data, storage, resources)
+
+
 def head_pinned(trainable: Callable, **parameters: Any):
     """A Tune function that reserves no CPU or GPU: only the trial's Ray Train workers hold those.
 
@@ -142,14 +147,15 @@ def run_config(name: str, storage: str, space: Space, live_metrics: bool = True)
                           callbacks=[LiveSearchMetrics(space.name, METRIC)] if live_metrics else [], verbose=1)
 
 
-def build_tuner(space: Space, out_dir: Path, storage: str, data: str, resources: TrialResources,
-                max_concurrent: int, resume: bool = False) -> tune.Tuner:
+def build_tuner(space: Space, out_dir: Path, setup: TrialSetup, max_concurrent: int,
+                resume: bool = False) -> tune.Tuner:
     """The search as one Tuner; `storage` (run directory or URI) holds Tune's and Train's results.
 
     Resuming restores Tune's experiment state (finished trials stay finished, interrupted ones
     run again from their start) and the pickled OptunaSearch, whose study lives on in the journal.
     """
-    trainable = head_pinned(run_trial, space=space, data=data, storage=storage, resources=resources)
+    trainable = head_pinned(run_trial, setup=setup)
+    storage = setup.storage
     if resume:
         return tune.Tuner.restore(f"{storage.rstrip('/')}/tune", trainable, resume_unfinished=True,
                                   resume_errored=False, restart_errored=False)
