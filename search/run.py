@@ -21,6 +21,7 @@ from search.space import Space, load_space
 from search.storage import check_writable, run_location, upload
 from search.terratorch_config import terratorch_config
 from search.cluster import connect, dashboard_lines, probe_reachable
+from search.trial import TrialSetup
 from search.tuner import build_tuner, plan_resources, trial_setup
 
 
@@ -135,24 +136,8 @@ def run_search(space_path: str | Path, out: Path | None = None, address: str | N
 
     rows = trial_rows(grid, space.epochs, space.scale, space.resources.memory_budget_gb)
     write_results(to_table(rows), out / "results.parquet")
-    front = pareto_front(rows)
-    best = pick_on_front(front) if space.objective == "pareto" else best_row(rows)
-    if best is not None:
-        write_trial_config(space, best, prepared, out / "best.yaml", f"Best trial {best['trial_id']} of {space.name}")
-    if space.objective == "pareto":
-        (out / "pareto").mkdir(exist_ok=True)
-        for i, row in enumerate(front):
-            write_trial_config(space, row, prepared, out / "pareto" / f"{i:02d}_{row['trial_id']}.yaml",
-                               f"Pareto front point {i} (lightest first) of {space.name}: trial {row['trial_id']}")
-
-    confirmation = []
-    if space.evaluation.top_k and best is not None:
-        picks = candidates(rows, space.evaluation.top_k)
-        echo(f"held-out test: retraining the top {len(picks)} configuration(s) over {space.evaluation.seeds} "
-             f"seed(s) for {space.epochs} epochs each")
-        confirm_grid = confirm_tuner(space, picks, setup, concurrent, resume).fit()
-        confirmation = confirmation_rows(confirm_grid, space)
-        write_confirmation(out / "confirm.parquet", confirmation)
+    front, best = export_winners(space, rows, prepared, out)
+    confirmation = held_out_stage(space, rows, setup, concurrent, resume, out, echo) if best is not None else []
 
     baseline_class, baseline = majority_class_miou(prepared, fit_on="train")
     oracle_class, oracle = majority_class_miou(prepared, fit_on="val")
@@ -193,6 +178,33 @@ def run_search(space_path: str | Path, out: Path | None = None, address: str | N
     echo(f"results: {out / 'results.parquet'}")
     echo(f"report: {report}")
     return outcome
+
+
+def export_winners(space: Space, rows: list[dict], prepared: PreparedData, out: Path) -> tuple[list[dict], dict | None]:
+    """best.yaml (and, for `objective: pareto`, every front point in pareto/); returns (front, best)."""
+    front = pareto_front(rows)
+    best = pick_on_front(front) if space.objective == "pareto" else best_row(rows)
+    if best is not None:
+        write_trial_config(space, best, prepared, out / "best.yaml", f"Best trial {best['trial_id']} of {space.name}")
+    if space.objective == "pareto":
+        (out / "pareto").mkdir(exist_ok=True)
+        for i, row in enumerate(front):
+            write_trial_config(space, row, prepared, out / "pareto" / f"{i:02d}_{row['trial_id']}.yaml",
+                               f"Pareto front point {i} (lightest first) of {space.name}: trial {row['trial_id']}")
+    return front, best
+
+
+def held_out_stage(space: Space, rows: list[dict], setup: TrialSetup, concurrent: int, resume: bool, out: Path,
+                   echo) -> list[dict]:
+    """The top-k retrained over seeds and tested (search/confirm.py); rows also go to confirm.parquet."""
+    if not space.evaluation.top_k:
+        return []
+    picks = candidates(rows, space.evaluation.top_k)
+    echo(f"held-out test: retraining the top {len(picks)} configuration(s) over {space.evaluation.seeds} "
+         f"seed(s) for {space.epochs} epochs each")
+    confirmation = confirmation_rows(confirm_tuner(space, picks, setup, concurrent, resume).fit(), space)
+    write_confirmation(out / "confirm.parquet", confirmation)
+    return confirmation
 
 
 def write_trial_config(space: Space, row: dict, prepared: PreparedData, path: Path, title: str) -> None:

@@ -43,3 +43,18 @@ def test_fractional_gpus_pack_the_capacity_tables_trials_onto_one_node():
                          "resources": {"gpus_per_worker": 0.2, "cpus_per_worker": 4}})
     trial, concurrent = plan_resources({"CPU": 192.0, "GPU": 8.0}, space)
     assert trial.gpus_per_worker == 0.2 and concurrent == 40  # GPUs bind: 8 / 0.2; CPUs would allow 48
+
+
+def test_trial_processes_that_do_not_train_import_no_model_stack():
+    """The Tune function and the Train controller of every trial import search.trial; keeping TerraTorch,
+    Lightning and bitsandbytes out of them saves ~30 s of CPU per trial (README: start-up cost)."""
+    import subprocess
+    import sys
+
+    probe = ("import pickle, sys, search.trial as t; "
+             "pickle.loads(pickle.dumps(t.train_worker)); pickle.loads(pickle.dumps(t.run_trial)); "
+             "print(sorted(m for m in ('terratorch', 'lightning', 'bitsandbytes', 'peft', 'em_backbones') "
+             "if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-1000:]
+    assert result.stdout.strip().splitlines()[-1] == "[]"
