@@ -25,7 +25,7 @@ class ClusterError(RuntimeError):
 
 # Seconds a trial's Ray Train workers get to start (Ray's default, 60, is short for a busy node
 # importing torch, TerraTorch and Lightning into fresh worker processes).
-WORKER_START_TIMEOUT_S = "180"
+WORKER_START_TIMEOUT_S = "120"
 
 
 def connect(address: str | None) -> Any:

@@ -24,7 +24,9 @@ from ray.tune.integration.ray_train import TuneReportCallback
 # busy 2-CPU machine: a start timed out, its placement group was created after the timeout and
 # kept the CPU the retry needed, so the trial waited forever and so did the search. A bounded
 # number of retries ends such a trial as failed; its controller exits and Ray frees what it held.
-WORKER_START_RETRIES = 3
+# Not too few: after a node dies, starts fail fast until Ray marks the node dead (3 was too few
+# once in the node-loss test), so a stuck trial now ends after at most 30 x 120 s.
+WORKER_START_RETRIES = 30
 
 
 class TrialFailed(RuntimeError):

@@ -78,4 +78,4 @@ def test_a_worker_group_that_never_starts_is_its_own_cause():
     error = ControllerError(WorkerGroupStartupTimeoutError(num_workers=1))
     assert cause_of(error) == CAUSE_WORKERS_NOT_STARTED and cause_of(str(error)) == CAUSE_WORKERS_NOT_STARTED
     assert cause_of(RuntimeError("CUDA out of memory")) == "out_of_memory"
-    assert 0 < WORKER_START_RETRIES < 10  # bounded: Ray's default (-1) retries forever
+    assert 0 < WORKER_START_RETRIES <= 30  # bounded: Ray's default (-1) retries forever
