@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 import yaml
 
 from search.export import write_results
-from search.processes import session_processes
+from search.processes import kill_session, session_processes
 
 
 @dataclass(frozen=True)
@@ -74,8 +74,11 @@ def run_load(trials: int, out: Path, data_root: str | None = None, echo=print) -
     time.sleep(5)  # give a clean shutdown its moment
     leftovers = session_processes(driver.pid)
     for proc in leftovers:
-        echo(f"leftover: pid {proc.pid} {' '.join(proc.cmdline())[:120]}")
-        proc.kill()
+        try:
+            echo(f"leftover: pid {proc.pid} {' '.join(proc.cmdline())[:120]}")
+        except psutil.NoSuchProcess:
+            pass
+    kill_session(driver.pid)
     rows = pq.read_table(run_dir / "results.parquet").to_pylist() if (run_dir / "results.parquet").exists() else []
     after_first = [rss for done, rss in samples if done >= 1] or [rss for _, rss in samples] or [0.0]
     report = LoadReport(

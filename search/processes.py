@@ -17,3 +17,14 @@ def session_processes(leader: int) -> list[psutil.Process]:
         except (ProcessLookupError, PermissionError, psutil.Error):
             continue
     return alive
+
+
+def kill_session(leader: int) -> list[psutil.Process]:
+    """SIGKILL every live process of the session; ones that exit meanwhile are fine. Returns those found."""
+    found = session_processes(leader)
+    for proc in found:
+        try:
+            proc.kill()
+        except psutil.NoSuchProcess:
+            pass
+    return found

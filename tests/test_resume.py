@@ -17,7 +17,7 @@ from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 
 from search.__main__ import main
-from search.processes import session_processes
+from search.processes import kill_session
 from search.run import run_search
 from tests.conftest import REPO, small_space
 
@@ -49,8 +49,7 @@ def test_sigkilled_search_resumes_without_losing_or_rerunning_trials(real_chips,
     time.sleep(3)  # well into the next trial
     driver.send_signal(signal.SIGKILL)
     driver.wait()
-    for proc in session_processes(driver.pid):  # the embedded Ray the killed driver started
-        proc.kill()
+    kill_session(driver.pid)  # the embedded Ray the killed driver started
     assert not (out / "results.parquet").exists()
 
     try:
