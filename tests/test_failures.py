@@ -7,10 +7,9 @@ import optuna
 import pytest
 import ray
 import yaml
-from optuna.storages import JournalStorage
-from optuna.storages.journal import JournalFileBackend
 
 from search.run import run_search
+from search.study import load_study
 from search.space import SpaceError, load_space
 from tests.conftest import small_space
 
@@ -42,8 +41,7 @@ def test_injected_faults_fail_their_trials_only_and_optuna_hears_it(real_chips, 
     assert healthy["status"] == "completed" and healthy["cause"] is None and healthy["epochs_run"] == 1
     assert outcome.best["trial_id"] == healthy["trial_id"] and (outcome.out_dir / "best.yaml").is_file()
 
-    study = optuna.load_study(study_name=space["name"], storage=JournalStorage(
-        JournalFileBackend(str(outcome.out_dir / "optuna_journal.log"))))
+    study = load_study(outcome.out_dir, space["name"])
     states = {t.number: t.state for t in study.trials}
     assert states == {0: optuna.trial.TrialState.FAIL, 1: optuna.trial.TrialState.FAIL,
                       2: optuna.trial.TrialState.FAIL, 3: optuna.trial.TrialState.COMPLETE}

@@ -13,12 +13,11 @@ import optuna
 import pyarrow.parquet as pq
 import ray
 import yaml
-from optuna.storages import JournalStorage
-from optuna.storages.journal import JournalFileBackend
 
 from search.__main__ import main
 from search.processes import kill_session
 from search.run import run_search
+from search.study import load_study
 from tests.conftest import REPO, small_space
 
 
@@ -67,8 +66,7 @@ def test_sigkilled_search_resumes_without_losing_or_rerunning_trials(real_chips,
     assert len(pq.read_table(out / "results.parquet")) == 2
     # The Optuna study went on from its journal: two trials, numbers 0-1, each told COMPLETE once.
     assert sorted(r["trial_number"] for r in rows) == [0, 1]
-    study = optuna.load_study(study_name=space["name"], storage=JournalStorage(
-        JournalFileBackend(str(out / "optuna_journal.log"))))
+    study = load_study(out, space["name"])
     assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * 2
 
 
