@@ -63,8 +63,6 @@ class EarthMindBackbone(InternVLTechniqueTargets, nn.Module):
         self.out_channels = [2 * width] * len(self.out_indices)
         self.patch_size = get_spec("earthmind_v1").patch_size
         self.alignment_loss = torch.zeros(())
-        if args.gradient_checkpointing:
-            self.vlm.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
 
     def new_parameters(self) -> list[nn.Parameter]:
         """Adapters and reweighting are EarthMind's own fusion layers; they train under LoRA too."""

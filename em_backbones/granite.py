@@ -82,14 +82,15 @@ class GraniteVisualEncoder(nn.Module):
         self.out_indices = args.out_indices or [k + 1 for k in evenly_spaced_layers(depth)]
         self.out_proj = nn.ModuleList(nn.Linear(width, stem) for _ in self.out_indices)
         self.out_channels = [stem] * len(self.out_indices)
-        if args.gradient_checkpointing:
-            self.llm.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
 
     lora_target_names = ("q_proj", "k_proj", "v_proj", "o_proj", "in_proj", "out_proj", "input_linear",
                          "output_linear")
 
     def quantizable_blocks(self) -> list[nn.Module]:
         return [self.llm.layers]
+
+    def checkpointed_modules(self) -> list[nn.Module]:
+        return [self.llm]
 
     def expert_modules(self) -> list[tuple[nn.Module, str]]:
         """3-D expert weights: quantized per expert by QuantizedExperts, never LoRA'd (frozen under LoRA)."""

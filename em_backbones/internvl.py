@@ -100,6 +100,9 @@ class InternVLTechniqueTargets:
     def quantizable_blocks(self) -> list[nn.Module]:
         return vlm_blocks(self.vlm)
 
+    def checkpointed_modules(self) -> list[nn.Module]:
+        return [self.vlm]
+
 
 class BandAdapter(nn.Module):
     """Learned 1x1 convolution from all S1+S2 bands to the three channels the tower was trained on."""
@@ -133,8 +136,6 @@ class InternVLBackbone(InternVLTechniqueTargets, nn.Module):
         self.out_channels = [width] * len(self.out_indices)
         self.patch_size = get_spec(args.name).patch_size  # 14 px patches, 2x2 merged by the shuffle: 28 px per token
         self.adapter = BandAdapter(stacked_band_names(self.modalities))
-        if args.gradient_checkpointing:
-            self.vlm.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
 
     def new_parameters(self) -> list[nn.Parameter]:
         return list(self.adapter.parameters())

@@ -30,7 +30,6 @@ class BackboneArgs:
     pretrained: bool
     ckpt_path: str | None
     out_indices: list[int] | None
-    gradient_checkpointing: bool
 
 
 def register_backbone(name: str, cls: Callable[[BackboneArgs], nn.Module],
@@ -49,7 +48,7 @@ def register_backbone(name: str, cls: Callable[[BackboneArgs], nn.Module],
         if pretrained and not ckpt_path and local_weights_only:
             raise ValueError(f"{name}: pretrained=True needs ckpt_path to local weights (no downloads)")
         model = cls(BackboneArgs(name, scale, list(modalities), img_size or get_spec(name).native_img_size,
-                                 pretrained, ckpt_path, out_indices, gradient_checkpointing))
+                                 pretrained, ckpt_path, out_indices))
         return apply_techniques(model, techniques)
 
     build.__name__ = name

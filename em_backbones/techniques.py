@@ -13,7 +13,8 @@ What trains under each setting (TerraTorch's decoder and head always train):
 
 A backbone class opts in by providing `quantizable_blocks()` (the transformer blocks whose Linear
 layers are quantized and LoRA'd), `lora_target_names` (leaf names of those layers),
-`new_parameters()`, and optionally `expert_modules()` (parents of 3-D mixture-of-experts weights).
+`new_parameters()`, `checkpointed_modules()` (Hugging Face models, which checkpoint themselves,
+or lists of blocks), and optionally `expert_modules()` (parents of 3-D mixture-of-experts weights).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from dataclasses import dataclass
 from peft import LoraConfig, inject_adapter_in_model, prepare_model_for_kbit_training
 from torch import nn
 from torch.utils.checkpoint import checkpoint
+from transformers import PreTrainedModel
 
 from em_backbones.quantization import QUANT_TYPES, QUANTIZED_LAYERS, QuantizedExperts, bnb_config, \
     quantize_linear_layers
@@ -79,6 +81,15 @@ def checkpoint_blocks(blocks: nn.ModuleList) -> None:
         block._em_checkpointed = True
 
 
+def enable_checkpointing(backbone: nn.Module) -> None:
+    """Transformers' own activation checkpointing for its models; `checkpoint_blocks` for the rest."""
+    for module in backbone.checkpointed_modules():
+        if isinstance(module, PreTrainedModel):
+            module.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            checkpoint_blocks(module)
+
+
 def drop_token_embedding(language_model: nn.Module) -> None:
     """Free an LLM's token-embedding table when it only ever receives `inputs_embeds`.
 
@@ -100,7 +111,7 @@ def lora_target_modules(backbone: nn.Module) -> list[str]:
 
 
 def apply_techniques(backbone: nn.Module, techniques: Techniques) -> nn.Module:
-    """Quantize, then freeze and add LoRA, as peft's QLoRA recipe does; in place, returns `backbone`."""
+    """Quantize, then freeze and add LoRA, as peft's QLoRA recipe does, then checkpoint; in place."""
     config = bnb_config(techniques.quantization_bits, techniques.quant_type, techniques.double_quant)
     if config is not None:
         for blocks in backbone.quantizable_blocks():
@@ -125,4 +136,6 @@ def apply_techniques(backbone: nn.Module, techniques: Techniques) -> nn.Module:
         )
         for param in backbone.new_parameters():
             param.requires_grad_(True)
+    if techniques.gradient_checkpointing:
+        enable_checkpointing(backbone)
     return backbone

@@ -20,7 +20,6 @@ from terratorch.registry import TERRATORCH_BACKBONE_REGISTRY
 from em_backbones.bands import CLAY_BAND_NAMES, stacked_band_names
 from em_backbones.catalog import get_spec
 from em_backbones.registration import BackboneArgs, register_backbone
-from em_backbones.techniques import checkpoint_blocks
 
 def evenly_spaced_layers(depth: int, count: int = 4) -> list[int]:
     """Indices of `count` layers spread over the depth, always ending at the last layer."""
@@ -60,6 +59,10 @@ class S1S2Backbone(nn.Module):
 
     def quantizable_blocks(self) -> list[nn.Module]:
         raise NotImplementedError
+
+    def checkpointed_modules(self) -> list[nn.Module]:
+        """The transformer blocks, as quantized: each recomputes its activations in backward."""
+        return self.quantizable_blocks()
 
     def new_parameters(self) -> list[nn.Parameter]:
         """Pretrained backbones add nothing new by default."""
@@ -104,8 +107,6 @@ class PrithviS1S2(S1S2Backbone):
         depth = len(vit.blocks)
         super().__init__(modalities, args.out_indices or evenly_spaced_layers(depth), vit.embed_dim, spec.patch_size)
         self.vit = vit
-        if args.gradient_checkpointing:
-            checkpoint_blocks(vit.blocks)
 
     def quantizable_blocks(self) -> list[nn.Module]:
         return [self.vit.blocks]
@@ -132,8 +133,6 @@ class TerraMindS1S2(S1S2Backbone):
         width = vit.encoder_norm.normalized_shape[0]
         super().__init__(args.modalities, args.out_indices or evenly_spaced_layers(depth), width, spec.patch_size)
         self.vit = vit
-        if args.gradient_checkpointing:
-            checkpoint_blocks(vit.encoder)
 
     def quantizable_blocks(self) -> list[nn.Module]:
         return [self.vit.encoder]
@@ -163,13 +162,15 @@ class ClayS1S2(S1S2Backbone):
         )
         if args.ckpt_path:
             load_clay_encoder_weights(self.encoder, args.ckpt_path)
-        if args.gradient_checkpointing:  # each layer is a ModuleList [attention, feed-forward] without a forward
-            checkpoint_blocks([sub for layer in self.encoder.transformer.layers for sub in layer])
 
     lora_target_names = ("to_qkv", "to_out", "1", "3")  # attention; FeedForward's net[1], net[3]
 
     def quantizable_blocks(self) -> list[nn.Module]:
         return [self.encoder.transformer.layers]
+
+    def checkpointed_modules(self) -> list[nn.Module]:
+        """Each layer is a ModuleList [attention, feed-forward] without a forward: its two halves."""
+        return [nn.ModuleList(sub for layer in self.encoder.transformer.layers for sub in layer)]
 
     def forward(self, x: dict[str, torch.Tensor] | torch.Tensor) -> list[torch.Tensor]:
         pixels = stack_modalities(x, self.modalities)

@@ -37,6 +37,10 @@ class ArmResult:
     wall_seconds: float
 
 
+def best_objective(rows: list[dict[str, Any]]) -> float | None:
+    return max((r["objective"] for r in rows if r["objective"] is not None), default=None)
+
+
 def epochs_to_target(rows: list[dict[str, Any]], target: float) -> tuple[int | None, str | None]:
     """Trial-epochs spent, in proposal order, until a trial's accuracy per GB reaches `target`."""
     spent = 0
@@ -69,14 +73,14 @@ def run_asha_bench(space_path: Path, out: Path, address: str | None = None, echo
         finally:
             ray.shutdown()
         echo(f"{scheduler}: {len(outcomes[scheduler].rows)} trials in {outcomes[scheduler].wall_seconds:.0f} s")
-    best_full = max((r["objective"] for r in outcomes["fifo"].rows if r["objective"] is not None), default=None)
+    best_full = best_objective(outcomes["fifo"].rows)
     target = None if best_full is None else (1 - TOLERANCE) * best_full
     results = []
     for scheduler, outcome in outcomes.items():
         spent, trial = epochs_to_target(outcome.rows, target) if target is not None else (None, None)
         results.append(ArmResult(
             scheduler, len(outcome.rows), sum(r["epochs_run"] or 0 for r in outcome.rows),
-            max((r["objective"] for r in outcome.rows if r["objective"] is not None), default=None),
+            best_objective(outcome.rows),
             spent, trial, outcome.wall_seconds))
     write_results(pa.Table.from_pylist([asdict(r) for r in results]), out / "asha_bench.parquet")
     echo(bench_table(results, target))

@@ -23,6 +23,7 @@ import numpy as np  # noqa: E402
 import optuna  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 
+from search.confirm import format_spread  # noqa: E402
 from search.export import write_text  # noqa: E402
 from search.front import pareto_front  # noqa: E402
 from search.results import STATUS_STOPPED, ranked, scored  # noqa: E402
@@ -220,13 +221,6 @@ def fmt(value: Any, spec: str = ".4f") -> str:
     return format(value, spec)
 
 
-def mean_std(stats: dict) -> str:
-    if stats["mean"] is None:
-        return "–"
-    text = f"{stats['mean']:.4f} ± {stats['std']:.4f}"
-    return text + (f" (IQM {stats['iqm']:.4f})" if stats["iqm"] is not None else "")
-
-
 def read_rows(path: Path) -> list[dict]:
     return pq.read_table(path).to_pylist() if path.exists() else []
 
@@ -259,7 +253,7 @@ def write_report(run_dir: Path) -> Path:
 
     environment = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATE.parent),
                                      autoescape=jinja2.select_autoescape(["html"]))
-    environment.filters.update(fmt=fmt, mean_std=mean_std, param=display_param)
+    environment.filters.update(fmt=fmt, mean_std=format_spread, param=display_param)
     html = environment.get_template(TEMPLATE.name).render(
         space=space, rows=rows, summary=summary, best=best, front=front, top=ranked(rows)[:TOP_K],
         figures={name: data_uri(path) for name, path in figures.items()}, importances=scores,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from datetime import datetime, timezone
 from typing import Any
 
 import numpy as np
@@ -44,6 +45,8 @@ SCHEMA = pa.schema([
     ("optimizer_gb", pa.float64()),
     ("activation_gb", pa.float64()),
     ("wall_seconds", pa.float64()),
+    ("started_at", pa.timestamp("ms", tz="UTC")),
+    ("finished_at", pa.timestamp("ms", tz="UTC")),
     ("train_seconds", pa.float64()),
     ("node_ip", pa.string()),
     ("workers", pa.int64()),
@@ -64,6 +67,17 @@ def _float(value: Any) -> float | None:
     except (TypeError, ValueError):
         return None
     return value if math.isfinite(value) else None
+
+
+def _utc(seconds: float | None) -> datetime | None:
+    return None if seconds is None else datetime.fromtimestamp(round(seconds), tz=timezone.utc)
+
+
+def _span(metrics: dict[str, Any]) -> tuple[datetime | None, datetime | None]:
+    """When the trial started and made its last report, from Tune's own `timestamp` and `time_total_s`."""
+    finished, total = _float(metrics.get("timestamp")), _float(metrics.get("time_total_s"))
+    started = finished - total if finished is not None and total is not None else None
+    return _utc(started), _utc(finished)
 
 
 def epoch_curve(history) -> list[float]:
@@ -132,6 +146,7 @@ def trial_rows(result_grid, max_epochs: int, scale: str, budget_gb: float | None
             "seed": metrics.get("seed"),
             "test_miou": _float(metrics.get("test_miou")),
         })
+        row["started_at"], row["finished_at"] = _span(metrics)
         rows.append(row)
     return sorted(rows, key=lambda r: r["trial_id"])
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import ray
 from ray.tune import Tuner
 
-from search.confirm import aggregate, candidates, confirm_tuner, confirmation_rows, write_confirmation
+from search.confirm import aggregate, candidates, confirm_tuner, confirmation_rows, format_spread, write_confirmation
 from search.data import SAMPLE_DATA, DataError, PreparedData, prepare
 from search.export import write_best_config, write_results
 from search.front import pareto_front, pick_on_front
@@ -224,6 +224,6 @@ def held_out_lines(summary: list[dict]) -> list[str]:
             lines.append(f"  #{entry['rank']} {entry['backbone']}: no seed completed")
             continue
         lines.append(f"  #{entry['rank']} {entry['backbone']} ({entry['source_trial_id']}): search val "
-                     f"{entry['search_val_miou']:.4f} | val {val['mean']:.4f} ± {val['std']:.4f} | "
-                     f"test {test['mean']:.4f} ± {test['std']:.4f} ({entry['completed']}/{entry['runs']} seeds)")
+                     f"{entry['search_val_miou']:.4f} | val {format_spread(val)} | "
+                     f"test {format_spread(test)} ({entry['completed']}/{entry['runs']} seeds)")
     return lines

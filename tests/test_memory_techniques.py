@@ -108,10 +108,17 @@ def test_lora_shrinks_trainable_and_optimizer_bytes_by_the_counted_amount():
     assert lora.train_step.gradients == 4 * lora.trainable
 
 
-def test_checkpointing_lowers_activation_bytes_of_hf_backbones():
-    plain = probe("internvl2_26b", "tiny", 2, 112).train_step
-    ckpt = probe("internvl2_26b", "tiny", 2, 112, techniques=Techniques(gradient_checkpointing=True)).train_step
-    assert ckpt.saved_activations < 0.6 * plain.saved_activations
+# Measured at tiny scale, batch 2: the share of saved activations left with checkpointing on. Clay keeps
+# the most: its patch embedding and datacube stay outside the checkpointed attention/feed-forward halves.
+CHECKPOINTED_SHARE = {"earthmind_v1": 0.52, "internvl2_4b": 0.63, "internvl2_26b": 0.55, "granite_4_tiny": 0.06,
+                      "em_prithvi": 0.27, "em_terramind": 0.12, "em_clay": 0.73}
+
+
+@pytest.mark.parametrize("name", sorted(CHECKPOINTED_SHARE))
+def test_checkpointing_lowers_saved_activations_of_every_backbone(name):
+    plain = probe(name, "tiny", 2, 112).train_step
+    ckpt = probe(name, "tiny", 2, 112, techniques=Techniques(gradient_checkpointing=True)).train_step
+    assert ckpt.saved_activations / plain.saved_activations == pytest.approx(CHECKPOINTED_SHARE[name], abs=0.05)
     assert ckpt.parameters == plain.parameters
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from datetime import datetime, timezone
 
 import pyarrow.parquet as pq
 import pytest
@@ -128,6 +129,8 @@ def test_results_table_has_one_row_per_trial(finished_run):
         assert 0.0 < row["peak_gb"] < 1.0 and row["memory_method"].startswith("cpu_accounting")
         assert row["objective"] == pytest.approx(row["val_miou"] / row["peak_gb"])
         assert row["wall_seconds"] > 0 and 0 < row["train_seconds"] <= row["wall_seconds"]
+        span = (row["finished_at"] - row["started_at"]).total_seconds()
+        assert abs(span - row["wall_seconds"]) <= 1 and row["finished_at"] <= datetime.now(timezone.utc)
         assert row["node_ip"]
         assert row["status"] == ("completed" if row["epochs_run"] == 2 else "stopped_early")
 
