@@ -141,43 +141,57 @@ def run_search(space_path: str | Path, out: Path | None = None, address: str | N
 
     baseline_class, baseline = majority_class_miou(prepared, fit_on="train")
     oracle_class, oracle = majority_class_miou(prepared, fit_on="val")
-    utilisation = slot_utilisation(rows, concurrent, wall)
-    outcome = RunOutcome(out, rows, best, baseline_class, baseline, oracle_class, oracle, utilisation, wall,
-                         front, confirmation)
-    (out / "summary.json").write_text(json.dumps({
+    outcome = RunOutcome(out, rows, best, baseline_class, baseline, oracle_class, oracle,
+                         slot_utilisation(rows, concurrent, wall), wall, front, confirmation)
+    write_summary(outcome, space, concurrent)
+    report = write_report(out)
+    if location != str(out):
+        mirror_outputs(out, location)
+    for line in closing_lines(outcome, concurrent):
+        echo(line)
+    echo(f"report: {report}")
+    return outcome
+
+
+def write_summary(outcome: RunOutcome, space: Space, concurrent: int) -> None:
+    """summary.json: the run's headline figures, read by `search report` and by people."""
+    rows, best = outcome.rows, outcome.best
+    (outcome.out_dir / "summary.json").write_text(json.dumps({
         "trials": len(rows), "statuses": {s: sum(r["status"] == s for r in rows) for s in {r["status"] for r in rows}},
         "objective": space.objective, "scheduler": space.scheduler,
         "best_trial": best["trial_id"] if best else None, "best_val_miou": best["val_miou"] if best else None,
-        "best_objective": best["objective"] if best else None, "pareto_front": [r["trial_id"] for r in front],
-        "majority_class": baseline_class,
-        "majority_class_val_miou": baseline, "val_majority_class": oracle_class,
-        "val_majority_class_val_miou": oracle, "slot_utilisation": utilisation, "concurrent_slots": concurrent,
-        "wall_seconds": wall, "held_out": aggregate(confirmation, rows),
+        "best_objective": best["objective"] if best else None, "pareto_front": [r["trial_id"] for r in outcome.front],
+        "majority_class": outcome.baseline_class, "majority_class_val_miou": outcome.baseline_miou,
+        "val_majority_class": outcome.oracle_class, "val_majority_class_val_miou": outcome.oracle_miou,
+        "slot_utilisation": outcome.utilisation, "concurrent_slots": concurrent, "wall_seconds": outcome.wall_seconds,
+        "held_out": aggregate(outcome.confirmation, rows),
     }, indent=1))
-    report = write_report(out)
 
-    if location != str(out):
-        for name in ("space.yaml", "results.parquet", "best.yaml", "summary.json", "optuna_journal.log",
-                     "confirm.parquet", "report.html", "report", "pareto"):
-            if (out / name).exists():
-                upload(out / name, f"{location}/{name}")
 
-    echo("")
-    echo(summary_table(rows))
-    echo("")
+def mirror_outputs(out: Path, location: str) -> None:
+    """Copy the run's outputs to the --storage URI, beside the tiles and Tune results already there."""
+    for name in ("space.yaml", "results.parquet", "best.yaml", "summary.json", "optuna_journal.log",
+                 "confirm.parquet", "report.html", "report", "pareto"):
+        if (out / name).exists():
+            upload(out / name, f"{location}/{name}")
+
+
+def closing_lines(outcome: RunOutcome, concurrent: int) -> list[str]:
+    """What `search run` prints at the end: the trial table, the winner against the baselines, held-out figures."""
+    best, out = outcome.best, outcome.out_dir
+    lines = ["", summary_table(outcome.rows), ""]
     if best is not None:
-        echo(f"best: {best['backbone']} val mIoU {best['val_miou']:.4f}; on the same validation chips, "
-             f"predicting the validation majority class ({oracle_class}) everywhere scores {oracle:.4f}, "
-             f"the training majority class ({baseline_class}) {baseline:.4f}")
-        echo(f"best.yaml: {out / 'best.yaml'}")
+        lines += [f"best: {best['backbone']} val mIoU {best['val_miou']:.4f}; on the same validation chips, "
+                  f"predicting the validation majority class ({outcome.oracle_class}) everywhere scores "
+                  f"{outcome.oracle_miou:.4f}, the training majority class ({outcome.baseline_class}) "
+                  f"{outcome.baseline_miou:.4f}", f"best.yaml: {out / 'best.yaml'}"]
     else:
-        echo("no trial produced a score; no best.yaml written")
-    echo(f"slot utilisation: {utilisation:.1%} of {concurrent} slot(s) x {wall:.0f} s wall spent training")
-    for line in held_out_lines(aggregate(confirmation, rows)):
-        echo(line)
-    echo(f"results: {out / 'results.parquet'}")
-    echo(f"report: {report}")
-    return outcome
+        lines.append("no trial produced a score; no best.yaml written")
+    lines.append(f"slot utilisation: {outcome.utilisation:.1%} of {concurrent} slot(s) x "
+                 f"{outcome.wall_seconds:.0f} s wall spent training")
+    lines += held_out_lines(aggregate(outcome.confirmation, outcome.rows))
+    lines.append(f"results: {out / 'results.parquet'}")
+    return lines
 
 
 def export_winners(space: Space, rows: list[dict], prepared: PreparedData, out: Path) -> tuple[list[dict], dict | None]:
