@@ -66,14 +66,6 @@ def spread(values: list[float]) -> dict[str, float | None]:
             "iqm": float(trim_mean(array, 0.25)) if len(array) >= IQM_MIN_RUNS else None, "n": len(array)}
 
 
-def format_spread(stats: dict[str, float | None]) -> str:
-    """`mean ± std`, with the IQM where there were enough runs; a dash where none completed."""
-    if stats["mean"] is None:
-        return "–"
-    text = f"{stats['mean']:.4f} ± {stats['std']:.4f}"
-    return text + (f" (IQM {stats['iqm']:.4f})" if stats["iqm"] is not None else "")
-
-
 def aggregate(confirm_rows: list[dict[str, Any]], search_rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per candidate: its search score next to validation and test over the seeds that completed."""
     by_id = {r["trial_id"]: r for r in search_rows}

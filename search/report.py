@@ -23,7 +23,6 @@ import numpy as np  # noqa: E402
 import optuna  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 
-from search.confirm import format_spread  # noqa: E402
 from search.export import write_text  # noqa: E402
 from search.front import pareto_front  # noqa: E402
 from search.results import STATUS_STOPPED, ranked, scored  # noqa: E402
@@ -219,6 +218,14 @@ def fmt(value: Any, spec: str = ".4f") -> str:
     if value is None or isinstance(value, jinja2.Undefined) or (isinstance(value, float) and not math.isfinite(value)):
         return "–"
     return format(value, spec)
+
+
+def format_spread(stats: dict[str, float | None]) -> str:
+    """`mean ± std`, with the IQM where there were enough runs; a dash where none completed."""
+    if stats["mean"] is None:
+        return "–"
+    text = f"{stats['mean']:.4f} ± {stats['std']:.4f}"
+    return text + (f" (IQM {stats['iqm']:.4f})" if stats["iqm"] is not None else "")
 
 
 def read_rows(path: Path) -> list[dict]:

@@ -11,11 +11,11 @@ from pathlib import Path
 import ray
 from ray.tune import Tuner
 
-from search.confirm import aggregate, candidates, confirm_tuner, confirmation_rows, format_spread, write_confirmation
+from search.confirm import aggregate, candidates, confirm_tuner, confirmation_rows, write_confirmation
 from search.data import SAMPLE_DATA, DataError, PreparedData, prepare
 from search.export import write_best_config, write_results
 from search.front import pareto_front, pick_on_front
-from search.report import write_report
+from search.report import format_spread, write_report
 from search.results import best_row, majority_class_miou, slot_utilisation, summary_table, to_table, trial_rows
 from search.space import Space, load_space
 from search.storage import check_writable, run_location, upload

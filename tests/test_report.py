@@ -161,3 +161,17 @@ def test_asha_bench_arms_differ_only_in_scheduler_and_skip_the_held_out_stage():
     same = ("tiers", "seed", "num_samples", "epochs", "learning_rate", "gradient_checkpointing", "data")
     assert all(getattr(arms["asha"], f) == getattr(arms["fifo"], f) for f in same)
     assert raw["evaluation"] == {"top_k": 3}  # the user's space is not changed
+
+
+def test_held_out_lines_print_mean_std_and_iqm_per_candidate():
+    from search.run import held_out_lines
+
+    entry = {"rank": 1, "backbone": "em_clay", "source_trial_id": "t1", "search_val_miou": 0.07, "completed": 4,
+             "runs": 4, "val_miou": {"mean": 0.065, "std": 0.004, "iqm": 0.0645},
+             "test_miou": {"mean": 0.042, "std": 0.06, "iqm": None}}
+    failed = {**entry, "rank": 2, "backbone": "em_prithvi", "completed": 0}
+    lines = held_out_lines([entry, failed])
+    assert lines[2] == ("  #1 em_clay (t1): search val 0.0700 | val 0.0650 ± 0.0040 (IQM 0.0645) | "
+                        "test 0.0420 ± 0.0600 (4/4 seeds)")
+    assert lines[3] == "  #2 em_prithvi: no seed completed"
+    assert held_out_lines([]) == []
