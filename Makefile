@@ -1,6 +1,6 @@
 # Two entry points; both set up a fresh machine first (Python 3.11 venv in .venv).
 PY := .venv/bin/python
-SPACE ?= spaces/tier2.yaml
+SPACE ?= spaces/flood.yaml
 
 .PHONY: setup run test
 setup: .venv/.installed

@@ -1,10 +1,13 @@
-"""Backbones for the search, registered in TerraTorch's BACKBONE_REGISTRY on import.
+"""Backbones for the search: catalog and settings (light), families and techniques (heavy).
 
-`import em_backbones` (or TerraTorch's `custom_modules_path: <repo>/em_backbones`) is all a
-TerraTorch config needs to name any backbone of em_backbones.catalog.CATALOG.
+Importing this package imports no torch, TerraTorch or transformers: the search's planning side
+(space validation, reports) reads `em_backbones.catalog` and `em_backbones.techniques_config`
+only. The training side registers every backbone in TerraTorch's BACKBONE_REGISTRY with
+`import em_backbones.registered`; TerraTorch's `custom_modules_path` does the same through
+`em_backbones/plugin/em_backbones_plugin` (see `em_backbones.registered.PLUGIN_DIR`).
 """
 
-from em_backbones import earthmind, granite, internvl, terratorch_native  # noqa: F401  (register the backbones)
-from em_backbones.catalog import CATALOG, backbones_in_tier, get_spec
+from pathlib import Path
 
-__all__ = ["CATALOG", "backbones_in_tier", "get_spec"]
+# The folder an exported TerraTorch config names as `custom_modules_path` (its package registers everything).
+PLUGIN_DIR = Path(__file__).parent / "plugin" / "em_backbones_plugin"

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 SCALES = ("tiny", "full")
+SEARCHED_TIERS = (1, 2, 3)  # tier 0 is the reference CNN, trained beside the search, never searched
 
 
 @dataclass(frozen=True)
@@ -27,6 +28,8 @@ class BackboneSpec:
     patch_size: int = 16  # token stride in pixels: inputs must be a multiple of it
     native_img_size: int = 224  # the published input size, the default when none is given
     required_sensors: tuple[str, ...] = ()  # modality prefixes the backbone cannot work without ("S1", "S2")
+    decoder: str | None = None  # a decoder the backbone needs whatever the space names (the U-Net has its own)
+    estimated: bool = True  # em_backbones/estimate.py models its memory
 
 
 CATALOG: dict[str, BackboneSpec] = {
@@ -65,6 +68,17 @@ CATALOG: dict[str, BackboneSpec] = {
             },
             published_params=86e6,
             patch_size=8,
+        ),
+        # Tier 0: not searched; the small CNN every searched backbone must beat (em_backbones/cnn.py).
+        BackboneSpec(
+            name="em_cnn",
+            tier=0,
+            family="cnn",
+            description="U-Net (TerraTorch's UNet backbone) trained from scratch on the stacked S1/S2 bands",
+            scales={"tiny": {"width": 8, "stages": 4}, "full": {"width": 64, "stages": 4}},
+            patch_size=8,
+            decoder="IdentityDecoder",
+            estimated=False,
         ),
         # InternVL: scales live in em_backbones/internvl.py as transformers configurations.
         BackboneSpec(name="internvl2_4b", tier=1, family="internvl", published_params=3.71e9, patch_size=28, native_img_size=448,

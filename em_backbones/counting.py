@@ -14,6 +14,7 @@ from accelerate import init_empty_weights
 from terratorch.registry import BACKBONE_REGISTRY
 from transformers import GraniteMoeHybridForCausalLM, InternVLForConditionalGeneration
 
+import em_backbones.registered  # noqa: F401  (counts build registered backbones)
 from em_backbones.catalog import get_spec
 
 

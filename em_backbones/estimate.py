@@ -39,15 +39,17 @@ from accelerate import init_empty_weights
 from torch import nn
 from terratorch.registry import BACKBONE_REGISTRY
 
+import em_backbones.registered  # noqa: F401  (the profile builds registered backbones)
+
 from em_backbones.bands import stacked_band_names
 from em_backbones.catalog import get_spec
 from em_backbones.quantization import quantizable_linears
-from em_backbones.techniques import Techniques, lora_target_modules
+from em_backbones.techniques import lora_target_modules
+from em_backbones.techniques_config import PRECISION_BYTES, Techniques
 
 OVERHEAD_FRACTION = 0.10
 BLOCKSIZE_4BIT = 64  # bitsandbytes' default: one absmax per 64 weights
 BLOCKSIZE_NESTED = 256  # double quantization: one fp32 absmax per 256 absmax values
-PRECISION_BYTES = {"32-true": 4, "bf16-true": 2, "16-true": 2}
 
 
 @dataclass

@@ -25,13 +25,12 @@ from transformers import BitsAndBytesConfig
 # bitsandbytes logs a warning on every int8 matmul whose input is not fp16 (every call in fp32 training).
 logging.getLogger("bitsandbytes.autograd._functions").setLevel(logging.ERROR)
 
-QUANT_TYPES = ("nf4", "fp4")
 QUANTIZED_LAYERS = (bnb.nn.Linear4bit, bnb.nn.Linear8bitLt)
 
 
 def bnb_config(bits: int, quant_type: str = "nf4", double_quant: bool = True) -> BitsAndBytesConfig | None:
     """16 → None (no quantization); 8 → LLM.int8; 4 → NF4/FP4, optionally with double quantization.
-    Arguments arrive validated by `em_backbones.techniques.Techniques`."""
+    Arguments arrive validated by `em_backbones.techniques_config.Techniques`."""
     if bits == 16:
         return None
     if bits == 8:

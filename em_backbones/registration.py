@@ -1,22 +1,27 @@
 """One way every backbone enters TerraTorch's registry, with one set of keyword arguments.
 
-TerraTorch's factory passes `backbone_*` keys from a YAML file as keyword arguments; they land
-here, are checked once, and become a `BackboneArgs` the backbone class is built from. A YAML
-file can therefore name any backbone of the catalog with the same keys.
+TerraTorch's factory passes the `backbone_*` keys of a YAML file, prefix stripped, as keyword
+arguments; they land here, are checked once, and become a `BackboneArgs` the backbone class is
+built from plus the `Techniques` applied to it. A key that is neither is an error naming it and
+the closest valid one, as TerraTorch's own factory refuses leftover arguments: a misspelt
+`backbone_lora_rnak` must not train a model without LoRA.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable
+import difflib
+from dataclasses import dataclass, fields
+from typing import Any, Callable
 
 from terratorch.registry import TERRATORCH_BACKBONE_REGISTRY
 from torch import nn
 
 from em_backbones.catalog import SCALES, get_spec
-from em_backbones.techniques import Techniques, apply_techniques
+from em_backbones.techniques import apply_techniques
+from em_backbones.techniques_config import Techniques, technique_knobs
 
 DEFAULT_MODALITIES = ("S1RTC", "S2L2A")
+FACTORY_KEYS = ("padding", "patch_size")  # read by TerraTorch's factory itself from the backbone_* keys
 
 
 @dataclass(frozen=True)
@@ -24,32 +29,49 @@ class BackboneArgs:
     """Everything a backbone is built from; `full` and `tiny` differ only in `scale`."""
 
     name: str
-    scale: str
-    modalities: list[str]
-    img_size: int
-    pretrained: bool
-    ckpt_path: str | None
-    out_indices: list[int] | None
+    scale: str = "tiny"
+    modalities: list[str] | tuple[str, ...] = DEFAULT_MODALITIES
+    img_size: int | None = None  # None: the backbone's published input size
+    pretrained: bool = False
+    ckpt_path: str | None = None
+    out_indices: list[int] | None = None
+
+
+BUILD_KEYS = tuple(f.name for f in fields(BackboneArgs) if f.name != "name")
+
+
+class UnknownBackboneArgument(ValueError):
+    """A `backbone_*` key no backbone reads."""
+
+
+def split_arguments(name: str, kwargs: dict[str, Any]) -> tuple[BackboneArgs, Techniques]:
+    """Backbone arguments and techniques out of the factory's keywords; unknown keys are refused."""
+    valid = [*BUILD_KEYS, *technique_knobs(), *FACTORY_KEYS]
+    for key in kwargs:
+        if key not in valid:
+            close = difflib.get_close_matches(key, valid, n=1)
+            hint = f" (did you mean 'backbone_{close[0]}'?)" if close else ""
+            raise UnknownBackboneArgument(f"{name}: unknown backbone argument 'backbone_{key}'{hint}")
+    build = {k: v for k, v in kwargs.items() if k in BUILD_KEYS}
+    build["modalities"] = list(build.get("modalities") or DEFAULT_MODALITIES)
+    args = BackboneArgs(name, **build)
+    if args.scale not in SCALES:
+        raise ValueError(f"{name}: scale must be one of {SCALES}, got {args.scale!r}")
+    if args.img_size is None:
+        args = BackboneArgs(**{**args.__dict__, "img_size": get_spec(name).native_img_size})
+    techniques = Techniques(**{k: v for k, v in kwargs.items() if k in technique_knobs()})
+    return args, techniques
 
 
 def register_backbone(name: str, cls: Callable[[BackboneArgs], nn.Module],
                       local_weights_only: bool = True) -> Callable[..., nn.Module]:
     """Register `cls` under `name`; `local_weights_only`: pretrained weights must come from ckpt_path."""
 
-    def build(scale: str = "tiny", modalities=DEFAULT_MODALITIES, img_size: int | None = None,
-              pretrained: bool = False, ckpt_path: str | None = None, out_indices: list[int] | None = None,
-              quantization_bits: int = 16, quant_type: str = "nf4", double_quant: bool = True,
-              lora_rank: int = 0, lora_alpha: float | None = None, lora_dropout: float = 0.0,
-              gradient_checkpointing: bool = False, **_ignored) -> nn.Module:
-        techniques = Techniques(quantization_bits, quant_type, double_quant, lora_rank, lora_alpha, lora_dropout,
-                                gradient_checkpointing)
-        if scale not in SCALES:
-            raise ValueError(f"{name}: scale must be one of {SCALES}, got {scale!r}")
-        if pretrained and not ckpt_path and local_weights_only:
+    def build(**kwargs: Any) -> nn.Module:
+        args, techniques = split_arguments(name, kwargs)
+        if args.pretrained and not args.ckpt_path and local_weights_only:
             raise ValueError(f"{name}: pretrained=True needs ckpt_path to local weights (no downloads)")
-        model = cls(BackboneArgs(name, scale, list(modalities), img_size or get_spec(name).native_img_size,
-                                 pretrained, ckpt_path, out_indices))
-        return apply_techniques(model, techniques)
+        return apply_techniques(cls(args), techniques)
 
     build.__name__ = name
     if name not in TERRATORCH_BACKBONE_REGISTRY:

@@ -20,45 +20,14 @@ or lists of blocks), and optionally `expert_modules()` (parents of 3-D mixture-o
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
 
 from peft import LoraConfig, inject_adapter_in_model, prepare_model_for_kbit_training
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 from transformers import PreTrainedModel
 
-from em_backbones.quantization import QUANT_TYPES, QUANTIZED_LAYERS, QuantizedExperts, bnb_config, \
-    quantize_linear_layers
-
-SUPPORTED_BITS = (4, 8, 16)
-
-
-@dataclass(frozen=True)
-class Techniques:
-    """The memory settings of one backbone; defaults are off."""
-
-    quantization_bits: int = 16
-    quant_type: str = "nf4"
-    double_quant: bool = True
-    lora_rank: int = 0
-    lora_alpha: float | None = None  # None: 2 x rank
-    lora_dropout: float = 0.0
-    gradient_checkpointing: bool = False
-
-    def __post_init__(self) -> None:
-        if self.quantization_bits not in SUPPORTED_BITS:
-            raise ValueError(f"quantization_bits must be one of {SUPPORTED_BITS}, got {self.quantization_bits}")
-        if self.quant_type not in QUANT_TYPES:
-            raise ValueError(f"quant_type must be one of {QUANT_TYPES}, got {self.quant_type!r}")
-        if self.lora_rank < 0:
-            raise ValueError(f"lora_rank must be >= 0 (0 = off), got {self.lora_rank}")
-        if not 0.0 <= self.lora_dropout < 1.0:
-            raise ValueError(f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
-
-    @property
-    def alpha(self) -> float:
-        return self.lora_alpha if self.lora_alpha is not None else 2.0 * self.lora_rank
-
+from em_backbones.quantization import QUANTIZED_LAYERS, QuantizedExperts, bnb_config, quantize_linear_layers
+from em_backbones.techniques_config import Techniques
 
 def checkpoint_blocks(blocks: nn.ModuleList) -> None:
     """Recompute each block's activations in backward instead of storing them.

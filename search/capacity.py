@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from em_backbones.catalog import CATALOG
 from em_backbones.estimate import estimate
 from em_backbones.memory import gigabytes
-from em_backbones.techniques import Techniques
+from em_backbones.techniques_config import Techniques
 
 TIER3 = ("internvl2_26b", "internvl2_40b")
 SETTINGS = {

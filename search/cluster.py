@@ -16,10 +16,12 @@ from typing import Any
 
 import ray
 
+from search.errors import UserError
+
 AUTH_MODE_ENV = "RAY_AUTH_MODE"
 
 
-class ClusterError(RuntimeError):
+class ClusterError(UserError, RuntimeError):
     """The Ray cluster named by --address cannot be joined."""
 
 

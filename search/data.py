@@ -5,6 +5,18 @@ then reads the tiles with TerraTorch's own `GenericMultiModalDataModule`, so the
 `best.yaml` names a stock TerraTorch datamodule over files on disk. Splits are by chip: every
 tile of a chip lands in the same split, so no chip is seen on both sides.
 
+Bad chips (wrong band count, sizes that disagree, a modality that is all no-data, label values
+out of range, no labelled pixel, smaller than a tile, a modality file missing) are skipped with
+one warning line each and listed in the prepared data, or are fatal with `data.on_bad_chip:
+error`. The run stops only when a split ends up empty. Tiles without a labelled pixel are
+dropped: they add nothing to the loss or the metric.
+
+Validation and test chips, when not named (20% of the usable chips each, at least one), are
+stratified by class share: of many seeded random assignments, the one where every class appears
+in every split, then whose validation and test class shares are closest to the whole data's. With
+a single validation chip, or one a class dominates, a search ranks configurations on whatever
+that chip happens to hold.
+
 Layouts read:
 - `terramesh`: one folder per modality (`S1RTC/`, `S2L2A/` or `S2L1C/`) and `LULC/` labels, the
   same file name in each (TerraMesh, as in TerraMind's examples).
@@ -15,17 +27,21 @@ Layouts read:
 from __future__ import annotations
 
 import json
+import math
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import rasterio
 from rasterio.windows import Window
 
 from em_backbones.bands import bands_of
+from search.errors import UserError
 
-SAMPLE_DATA = Path(__file__).parent / "sample_data" / "terramesh"
+SAMPLE_ROOT = Path(__file__).parent / "sample_data"  # one packaged sample of real chips per layout
+SAMPLE_DATA = SAMPLE_ROOT / "terramesh"
 IGNORE_INDEX = -1
 LABEL_FOLDER = "label"
 SPLITS = ("train", "val", "test")
@@ -39,8 +55,21 @@ LAYOUTS: dict[str, dict] = {
 }
 
 
-class DataError(ValueError):
+def sample_root(layout: str) -> Path:
+    """The packaged real chips of a layout (`data.root: null`): TerraMesh land cover or Sen1Floods11 water."""
+    return SAMPLE_ROOT / layout
+
+
+class DataError(UserError, ValueError):
     """Bad or missing input data; the message names the file and what was expected."""
+
+
+class BadChip(DataError):
+    """One chip that cannot be used; skipped (with a warning) unless `data.on_bad_chip: error`."""
+
+    def __init__(self, chip_id: str, path: Path | str, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.chip_id, self.path, self.reason = chip_id, str(path), reason
 
 
 @dataclass
@@ -48,6 +77,7 @@ class Chip:
     chip_id: str
     images: dict[str, Path]
     label: Path
+    missing: str | None = None  # a modality file this chip lacks
 
 
 @dataclass
@@ -61,6 +91,9 @@ class PreparedData:
     tiles: dict[str, list[str]] = field(default_factory=dict)  # split → tile ids
     means: dict[str, list[float]] = field(default_factory=dict)
     stds: dict[str, list[float]] = field(default_factory=dict)
+    bad_chips: list[dict[str, str]] = field(default_factory=list)  # chip, file, reason
+    class_pixels: dict[str, list[int]] = field(default_factory=dict)  # split → labelled pixels per class
+    unlabelled_tiles: int = 0  # dropped: no labelled pixel
 
     def split_file(self, split: str) -> Path:
         return self.root / "splits" / f"{split}.txt"
@@ -75,7 +108,8 @@ class PreparedData:
     def save(self) -> None:
         (self.root / "prepared.json").write_text(json.dumps({
             "modalities": self.modalities, "num_classes": self.num_classes, "splits": self.splits,
-            "tiles": self.tiles, "means": self.means, "stds": self.stds,
+            "tiles": self.tiles, "means": self.means, "stds": self.stds, "bad_chips": self.bad_chips,
+            "class_pixels": self.class_pixels, "unlabelled_tiles": self.unlabelled_tiles,
         }, indent=1))
 
     @classmethod
@@ -85,7 +119,7 @@ class PreparedData:
 
 
 def find_chips(root: Path, layout: str, modalities: list[str]) -> list[Chip]:
-    """Chips present in every required modality and in the labels, sorted by id."""
+    """Every labelled chip, sorted by id; one whose modality file is missing is marked, not dropped."""
     if not root.is_dir():
         raise DataError(f"data.root: {root} is not a directory")
     if layout == "terramesh":
@@ -93,27 +127,20 @@ def find_chips(root: Path, layout: str, modalities: list[str]) -> list[Chip]:
         for folder in [*(root / m for m in modalities), label_dir]:
             if not folder.is_dir():
                 raise DataError(f"data.root: {root} lacks the folder {folder.name}/ the terramesh layout needs")
-        ids = sorted(p.stem for p in label_dir.glob("*.tif"))
         chips = []
-        for chip_id in ids:
-            images = {m: root / m / f"{chip_id}.tif" for m in modalities}
-            missing = [str(p) for p in images.values() if not p.exists()]
-            if missing:
-                raise DataError(f"{missing[0]}: missing; chip {chip_id} has a label but not this modality")
-            chips.append(Chip(chip_id, images, label_dir / f"{chip_id}.tif"))
+        for label in sorted(label_dir.glob("*.tif")):
+            images = {m: root / m / label.name for m in modalities}
+            missing = next((str(p) for p in images.values() if not p.exists()), None)
+            chips.append(Chip(label.stem, images, label, missing))
     elif layout == "sen1floods11":
         suffixes = LAYOUTS["sen1floods11"]["suffixes"]
-        labels = sorted(root.rglob(f"*{suffixes['label']}"))
+        files = {p.name: p for p in root.rglob("*.tif")}
         chips = []
-        for label in labels:
-            chip_id = label.name[: -len(suffixes["label"])]
-            images = {}
-            for m in modalities:
-                found = list(root.rglob(f"{chip_id}{suffixes[m]}"))
-                if not found:
-                    raise DataError(f"{root}: chip {chip_id} has a label but no {chip_id}{suffixes[m]}")
-                images[m] = found[0]
-            chips.append(Chip(chip_id, images, label))
+        for name in sorted(n for n in files if n.endswith(suffixes["label"])):
+            chip_id = name[: -len(suffixes["label"])]
+            images = {m: files.get(f"{chip_id}{suffixes[m]}", root / f"{chip_id}{suffixes[m]}") for m in modalities}
+            missing = next((str(p) for p in images.values() if not p.exists()), None)
+            chips.append(Chip(chip_id, images, files[name], missing))
     else:
         raise DataError(f"data.layout: expected one of {sorted(LAYOUTS)}, got {layout!r}")
     if not chips:
@@ -121,52 +148,97 @@ def find_chips(root: Path, layout: str, modalities: list[str]) -> list[Chip]:
     return chips
 
 
-def read_chip(chip: Chip) -> tuple[dict[str, np.ndarray], np.ndarray, rasterio.Affine, object]:
-    """Read and check one chip: band counts, matching sizes, not all no-data."""
+def read_chip(chip: Chip, num_classes: int, tile_size: int) -> tuple[dict[str, np.ndarray], np.ndarray, object, object]:
+    """Read and check one chip; raise BadChip naming the file and the reason."""
+    if chip.missing:
+        raise BadChip(chip.chip_id, chip.missing, "missing; the chip has a label but not this modality")
     images = {}
     for modality, path in chip.images.items():
         with rasterio.open(path) as src:
             data = src.read().astype(np.float32)
-            transform, crs = src.transform, src.crs
-            nodata = src.nodata
+            transform, crs, nodata = src.transform, src.crs, src.nodata
         expected = len(bands_of(modality))
         if data.shape[0] != expected:
-            raise DataError(f"{path}: {modality} needs {expected} bands, found {data.shape[0]}")
-        if nodata is not None:
+            raise BadChip(chip.chip_id, path, f"{modality} needs {expected} bands, found {data.shape[0]}")
+        if nodata is not None and not np.isnan(nodata):
             data[data == nodata] = np.nan
         if np.isnan(data).all():
-            raise DataError(f"{path}: every pixel is NaN/no-data")
+            raise BadChip(chip.chip_id, path, "every pixel is NaN/no-data")
         images[modality] = data
     with rasterio.open(chip.label) as src:
         label = src.read(1).astype(np.int16)
-    shapes = {m: a.shape[1:] for m, a in images.items()}
-    for modality, shape in shapes.items():
-        if shape != label.shape:
-            raise DataError(f"{chip.label}: label is {label.shape[0]}x{label.shape[1]} but {modality} is "
-                            f"{shape[0]}x{shape[1]}; expected the same size")
+    label[label < 0] = IGNORE_INDEX
+    for modality, array in images.items():
+        if array.shape[1:] != label.shape:
+            raise BadChip(chip.chip_id, chip.label, f"label is {label.shape[0]}x{label.shape[1]} but {modality} is "
+                          f"{array.shape[1]}x{array.shape[2]}; expected the same size")
+    if label.max() >= num_classes:
+        raise BadChip(chip.chip_id, chip.label, f"label value {int(label.max())} >= data.num_classes={num_classes}")
+    if not (label != IGNORE_INDEX).any():
+        raise BadChip(chip.chip_id, chip.label, "no labelled pixel (every label is -1/no data)")
+    if min(label.shape) < tile_size:
+        raise BadChip(chip.chip_id, chip.label, f"chip is {label.shape[0]}x{label.shape[1]}, smaller than "
+                      f"data.tile_size={tile_size}")
     return images, label, transform, crs
 
 
-def split_chips(chip_ids: list[str], val: list[str], test: list[str], seed: int) -> dict[str, list[str]]:
-    """Assign whole chips to splits: named chips where given, else one val and one test chip by seed."""
-    unknown = [c for c in [*val, *test] if c not in chip_ids]
+def class_histogram(label: np.ndarray, num_classes: int) -> np.ndarray:
+    return np.bincount(label[label != IGNORE_INDEX].ravel(), minlength=num_classes)[:num_classes]
+
+
+CANDIDATE_SPLITS = 512  # seeded random assignments scored when validation and test chips are not named
+
+
+def class_shares(counts: np.ndarray) -> np.ndarray:
+    return counts / max(int(counts.sum()), 1)
+
+
+def split_score(parts: dict[str, list[str]], histograms: dict[str, np.ndarray], overall: np.ndarray) -> tuple:
+    """Lower is better: every class in every split first, then validation and test class shares close to the data's."""
+    totals = {split: sum((histograms[c] for c in chips), np.zeros_like(overall)) for split, chips in parts.items()}
+    missing = sum(int(((overall > 0) & (totals[split] == 0)).sum()) for split in ("val", "train", "test")
+                  if parts[split])
+    distance = sum(0.5 * float(np.abs(class_shares(totals[split]) - class_shares(overall)).sum())
+                   for split in ("val", "test") if parts[split])
+    return missing, round(distance, 9)
+
+
+def split_chips(histograms: dict[str, np.ndarray], val: list[str], test: list[str], seed: int,
+                val_fraction: float = 0.2, test_fraction: float = 0.2) -> dict[str, list[str]]:
+    """Whole chips to splits: named chips where given; the others stratified by class share.
+
+    Among CANDIDATE_SPLITS seeded random assignments of the unnamed chips, the one where every class
+    of the data appears in every split (where the chips allow), then whose validation and test class
+    shares are closest (total variation distance) to the whole data's: so validation can rank
+    configurations on the classes the task has, in about the proportions it has them.
+    """
+    chip_ids = sorted(histograms)
+    unknown = [c for c in [*val, *test] if c not in histograms]
     if unknown:
-        raise DataError(f"data.val_chips/test_chips: unknown chip ids {unknown}; known: {chip_ids}")
-    rest = [c for c in chip_ids if c not in val and c not in test]
+        raise DataError(f"data.val_chips/test_chips: no usable chip {unknown[0]!r}; usable: {chip_ids}")
+    free = [c for c in chip_ids if c not in val and c not in test]
+    n_val = 0 if val else (max(1, round(val_fraction * len(chip_ids))) if len(free) > 1 else 0)
+    n_test = 0 if test or test_fraction == 0 else min(max(1, round(test_fraction * len(chip_ids))),
+                                                       max(len(free) - n_val - 1, 0))
+    overall = sum(histograms.values())
     rng = random.Random(seed)
-    if not val:
-        val = rng.sample(rest, 1) if len(rest) > 1 else []
-        rest = [c for c in rest if c not in val]
-    if not test:
-        test = rng.sample(rest, 1) if len(rest) > 1 else []
-        rest = [c for c in rest if c not in test]
-    if not rest or not val:
-        raise DataError(f"data: need at least one training and one validation chip, found {len(chip_ids)} chips")
-    return {"train": sorted(rest), "val": sorted(val), "test": sorted(test)}
+    best = None
+    for _ in range(CANDIDATE_SPLITS if n_val + n_test else 1):
+        order = rng.sample(free, len(free))
+        parts = {"val": sorted([*val, *order[:n_val]]), "test": sorted([*test, *order[n_val:n_val + n_test]]),
+                 "train": sorted(order[n_val + n_test:])}
+        score = split_score(parts, histograms, overall)
+        if best is None or score < best[0]:
+            best = (score, parts)
+    parts = best[1]
+    if not parts["train"] or not parts["val"]:
+        raise DataError(f"data: need at least one training and one validation chip; {len(chip_ids)} usable "
+                        f"chip(s) give train {len(parts['train'])}, val {len(parts['val'])}, test {len(parts['test'])}")
+    return parts
 
 
 def tile_windows(height: int, width: int, tile: int) -> list[tuple[int, int]]:
-    """Top-left corners of non-overlapping tiles; a chip smaller than a tile is an error upstream."""
+    """Top-left corners of non-overlapping tiles; a chip smaller than a tile is a bad chip."""
     return [(r, c) for r in range(0, height - tile + 1, tile) for c in range(0, width - tile + 1, tile)]
 
 
@@ -179,50 +251,109 @@ def write_tile(path: Path, array: np.ndarray, transform, crs, window: Window, dt
         dst.write(array.astype(dtype))
 
 
+@dataclass
+class TiledChip:
+    """What tiling one chip left on disk: its tile ids, labelled pixels per class, per-band sums."""
+
+    chip_id: str
+    tiles: list[str]
+    class_pixels: np.ndarray
+    band_sums: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]  # modality → (sum, sum of squares, count)
+    unlabelled_tiles: int
+
+
+def tile_chip(chip: Chip, num_classes: int, tile_size: int, tiles_root: Path) -> TiledChip:
+    """Check one chip, write its labelled tiles (every modality and the label), and summarise them."""
+    images, label, transform, crs = read_chip(chip, num_classes, tile_size)
+    done = TiledChip(chip.chip_id, [], np.zeros(num_classes, dtype=np.int64),
+                     {m: (np.zeros(a.shape[0]), np.zeros(a.shape[0]), np.zeros(a.shape[0])) for m, a in images.items()},
+                     0)
+    for row, col in tile_windows(*label.shape, tile_size):
+        tile_label = label[None, row:row + tile_size, col:col + tile_size]
+        if not (tile_label != IGNORE_INDEX).any():
+            done.unlabelled_tiles += 1
+            continue
+        window = Window(col, row, tile_size, tile_size)
+        tile_id = f"{chip.chip_id}__r{row}_c{col}"
+        for modality, array in images.items():
+            piece = array[:, row:row + tile_size, col:col + tile_size]
+            write_tile(tiles_root / modality / f"{tile_id}.tif", piece, transform, crs, window, "float32")
+            valid = ~np.isnan(piece)
+            values = np.where(valid, piece, 0).astype(np.float64)
+            for total, part in zip(done.band_sums[modality], (values.sum(axis=(1, 2)), (values**2).sum(axis=(1, 2)),
+                                                               valid.sum(axis=(1, 2)))):
+                total += part
+        write_tile(tiles_root / LABEL_FOLDER / f"{tile_id}.tif", tile_label, transform, crs, window, "int16")
+        done.tiles.append(tile_id)
+        done.class_pixels += class_histogram(tile_label, num_classes)
+    return done
+
+
+def tile_usable_chips(chips: list[Chip], num_classes: int, tile_size: int, tiles_root: Path, on_bad_chip: str,
+                      warn: Callable[[str], None]) -> tuple[dict[str, TiledChip], list[dict[str, str]]]:
+    """Tile every chip that passes its checks; the bad ones are listed (or the first raised)."""
+    tiled, bad = {}, []
+    for chip in chips:
+        try:
+            done = tile_chip(chip, num_classes, tile_size, tiles_root)
+        except BadChip as err:
+            if on_bad_chip == "error":
+                raise
+            bad.append({"chip": err.chip_id, "file": err.path, "reason": err.reason})
+            warn(f"warning: skipping chip {err.chip_id}: {err.path}: {err.reason}")
+            continue
+        tiled[chip.chip_id] = done
+    return tiled, bad
+
+
+def band_statistics(train: list[TiledChip], modalities: list[str]) -> tuple[dict, dict]:
+    """Per-band mean and standard deviation over the valid pixels of the training tiles only."""
+    means, stds = {}, {}
+    for modality in modalities:
+        total, squares, count = (sum(chip.band_sums[modality][i] for chip in train) for i in range(3))
+        mean = total / np.maximum(count, 1)
+        var = squares / np.maximum(count, 1) - mean**2
+        means[modality] = [round(float(v), 4) for v in mean]
+        stds[modality] = [round(float(v), 4) for v in np.sqrt(np.maximum(var, 1e-12))]
+    return means, stds
+
+
 def prepare(root: Path, layout: str, modalities: list[str], num_classes: int, tile_size: int, out: Path,
-            val_chips: list[str], test_chips: list[str], seed: int) -> PreparedData:
-    """Check every chip, tile it into `out/tiles`, write split files, compute train statistics."""
+            val_chips: list[str], test_chips: list[str], seed: int, val_fraction: float = 0.2,
+            test_fraction: float = 0.2, on_bad_chip: str = "skip", warn: Callable[[str], None] = print,
+            ) -> PreparedData:
+    """Check and tile every chip once (skipping bad ones), split by chip, compute training statistics."""
     chips = find_chips(root, layout, modalities)
-    splits = split_chips([c.chip_id for c in chips], val_chips, test_chips, seed)
-    split_of = {chip_id: split for split, ids in splits.items() for chip_id in ids}
-    prepared = PreparedData(root=out, modalities=list(modalities), num_classes=num_classes, splits=splits,
-                            tiles={s: [] for s in SPLITS})
+    prepared = PreparedData(root=out, modalities=list(modalities), num_classes=num_classes, splits={})
     for folder in [*(prepared.modality_dir(m) for m in modalities), prepared.label_dir, out / "splits"]:
         folder.mkdir(parents=True, exist_ok=True)
-    sums = {m: np.zeros(len(bands_of(m))) for m in modalities}
-    squares = {m: np.zeros(len(bands_of(m))) for m in modalities}
-    counts = {m: np.zeros(len(bands_of(m))) for m in modalities}
-    for chip in chips:
-        images, label, transform, crs = read_chip(chip)
-        if label.max() >= num_classes:
-            raise DataError(f"{chip.label}: label value {int(label.max())} >= data.num_classes={num_classes}")
-        height, width = label.shape
-        if min(height, width) < tile_size:
-            raise DataError(f"{chip.label}: chip is {height}x{width}, smaller than data.tile_size={tile_size}")
-        split = split_of[chip.chip_id]
-        for row, col in tile_windows(height, width, tile_size):
-            window = Window(col, row, tile_size, tile_size)
-            tile_id = f"{chip.chip_id}__r{row}_c{col}"
-            for modality, array in images.items():
-                piece = array[:, row:row + tile_size, col:col + tile_size]
-                write_tile(prepared.modality_dir(modality) / f"{tile_id}.tif", piece, transform, crs, window, "float32")
-                if split == "train":
-                    valid = ~np.isnan(piece)
-                    sums[modality] += np.where(valid, piece, 0).sum(axis=(1, 2))
-                    squares[modality] += np.where(valid, piece.astype(np.float64) ** 2, 0).sum(axis=(1, 2))
-                    counts[modality] += valid.sum(axis=(1, 2))
-            write_tile(prepared.label_dir / f"{tile_id}.tif", label[None, row:row + tile_size, col:col + tile_size],
-                       transform, crs, window, "int16")
-            prepared.tiles[split].append(tile_id)
-    for modality in modalities:
-        mean = sums[modality] / np.maximum(counts[modality], 1)
-        var = squares[modality] / np.maximum(counts[modality], 1) - mean**2
-        prepared.means[modality] = [round(float(v), 4) for v in mean]
-        prepared.stds[modality] = [round(float(v), 4) for v in np.sqrt(np.maximum(var, 1e-12))]
-    for split in SPLITS:
+    tiled, prepared.bad_chips = tile_usable_chips(chips, num_classes, tile_size, out / "tiles", on_bad_chip, warn)
+    skipped = {b["chip"]: b["reason"] for b in prepared.bad_chips}
+    for chip_id in [*val_chips, *test_chips]:
+        if chip_id in skipped:
+            raise DataError(f"data.val_chips/test_chips: chip {chip_id!r} is unusable ({skipped[chip_id]})")
+    if not tiled:
+        raise DataError(f"data.root: none of the {len(chips)} chips under {root} is usable (all skipped as bad)")
+    prepared.splits = split_chips({c: t.class_pixels for c, t in tiled.items()}, val_chips, test_chips, seed,
+                                  val_fraction, test_fraction)
+    for split, chip_ids in prepared.splits.items():
+        prepared.tiles[split] = [tile for c in chip_ids for tile in tiled[c].tiles]
+        prepared.class_pixels[split] = [int(v) for v in sum((tiled[c].class_pixels for c in chip_ids),
+                                                            np.zeros(num_classes, dtype=np.int64))]
         prepared.split_file(split).write_text("".join(f"{t}\n" for t in prepared.tiles[split]))
+    prepared.unlabelled_tiles = sum(t.unlabelled_tiles for t in tiled.values())
+    prepared.means, prepared.stds = band_statistics([tiled[c] for c in prepared.splits["train"]], list(modalities))
     prepared.save()
     return prepared
+
+
+def check_batches(prepared: PreparedData, batch_sizes: tuple[int, ...], workers: int) -> None:
+    """Every batch size must fill at least one training batch per worker (the loader drops the last, partial one)."""
+    per_worker = math.ceil(len(prepared.tiles["train"]) / workers)
+    too_big = [b for b in batch_sizes if b > per_worker]
+    if too_big:
+        raise DataError(f"training.batch_size: {too_big[0]} is more than the {per_worker} training tiles each of "
+                        f"{workers} worker(s) gets; use smaller batches, a smaller data.tile_size or more chips")
 
 
 def datamodule_init_args(prepared: PreparedData, batch_size: int) -> dict:
@@ -242,8 +373,9 @@ def datamodule_init_args(prepared: PreparedData, batch_size: int) -> dict:
         "no_data_replace": 0.0,
         "no_label_replace": IGNORE_INDEX,
         "drop_last": True,
-        "rgb_indices": {prepared.modalities[-1]: [3, 2, 1]},
     }
+    if any(m.startswith("S2") for m in prepared.modalities):
+        args["rgb_indices"] = {next(m for m in prepared.modalities if m.startswith("S2")): [3, 2, 1]}
     for split in SPLITS:
         if prepared.tiles.get(split):
             args[f"{split}_data_root"] = roots
@@ -252,9 +384,14 @@ def datamodule_init_args(prepared: PreparedData, batch_size: int) -> dict:
     return args
 
 
-def read_label_tiles(prepared: PreparedData, split: str) -> np.ndarray:
+def read_split(prepared: PreparedData, split: str) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Every tile of a split: {modality: [N, bands, H, W]} (raw values, NaN where no data) and labels [N, H, W]."""
+    images: dict[str, list[np.ndarray]] = {m: [] for m in prepared.modalities}
     labels = []
     for tile_id in prepared.tiles[split]:
+        for modality in prepared.modalities:
+            with rasterio.open(prepared.modality_dir(modality) / f"{tile_id}.tif") as src:
+                images[modality].append(src.read())
         with rasterio.open(prepared.label_dir / f"{tile_id}.tif") as src:
             labels.append(src.read(1))
-    return np.stack(labels)
+    return {m: np.stack(v) for m, v in images.items()}, np.stack(labels)

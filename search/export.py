@@ -1,4 +1,4 @@
-"""Write a run's outputs (tables, configs, the report), each atomically: temp file + rename."""
+"""Write a run's outputs (tables, best.yaml, the Pareto front's configs, text), each atomically: temp file + rename."""
 
 from __future__ import annotations
 
@@ -41,3 +41,35 @@ def write_text(path: Path, text: str) -> None:
 def write_best_config(config: dict[str, Any], path: Path, header: str) -> None:
     """A TerraTorch LightningCLI config: `terratorch fit -c best.yaml` trains it unchanged."""
     write_text(path, "".join(f"# {line}\n" for line in header.splitlines()) + yaml.safe_dump(config, sort_keys=False))
+
+
+def write_trial_config(space, row: dict[str, Any], prepared, path: Path, title: str) -> None:
+    """A trial's TerraTorch config, headed by what it scored and how many epochs the search saw it train."""
+    from search.terratorch_config import terratorch_config
+
+    epochs = space.training.epochs
+    seen = row["epochs_run"]
+    header = (f"{title}: val mIoU {row['val_miou']:.4f}, peak {row['peak_gb']:.4f} GB ({row['memory_method']}), "
+              f"objective {row['objective']:.3f}.\n"
+              f"The search trained it for {seen} of {epochs} epochs"
+              + (" (stopped early by ASHA)" if seen < epochs else "") + f"; this config trains {epochs} epochs "
+              f"(trainer.max_epochs). Weights: random init (backbone_pretrained: false).\n"
+              f"Train it with: terratorch fit -c {path.name}")
+    write_best_config(terratorch_config(space, row, prepared), path, header)
+
+
+def export_winners(space, rows: list[dict[str, Any]], prepared, out: Path) -> tuple[list[dict], dict | None]:
+    """best.yaml (and, for `objective: pareto`, every front point in pareto/); returns (front, best)."""
+    from search.front import pareto_front, pick_on_front
+    from search.results import best_row
+
+    front = pareto_front(rows)
+    best = pick_on_front(front) if space.objective == "pareto" else best_row(rows)
+    if best is not None:
+        write_trial_config(space, best, prepared, out / "best.yaml", f"Best trial {best['trial_id']} of {space.name}")
+    if space.objective == "pareto":
+        (out / "pareto").mkdir(exist_ok=True)
+        for i, row in enumerate(front):
+            write_trial_config(space, row, prepared, out / "pareto" / f"{i:02d}_{row['trial_id']}.yaml",
+                               f"Pareto front point {i} (lightest first) of {space.name}: trial {row['trial_id']}")
+    return front, best

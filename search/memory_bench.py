@@ -23,7 +23,7 @@ import pyarrow as pa  # noqa: E402
 from em_backbones.catalog import CATALOG, get_spec  # noqa: E402
 from em_backbones.estimate import MemoryEstimate, estimate  # noqa: E402
 from em_backbones.memory import gigabytes  # noqa: E402
-from em_backbones.techniques import Techniques  # noqa: E402
+from em_backbones.techniques_config import Techniques  # noqa: E402
 from search.export import write_results  # noqa: E402
 from search.probe import ProbeResult, probe  # noqa: E402
 
@@ -38,6 +38,17 @@ TECHNIQUES: dict[str, Techniques] = {
 }
 TINY_IMG = 112
 FULL_PRECISION = "bf16-true"
+
+
+def check_memory_args(backbone: str | None, tests: list[str], validate: bool) -> None:
+    """One line for a command that cannot run: no backbone to test, or a technique name unknown."""
+    from search.errors import UserError
+
+    if not validate and backbone is None:
+        raise UserError("memory: give --backbone NAME (with --test) or --validate")
+    bad = [t for t in tests if t not in TECHNIQUES and t != "all"]
+    if bad:
+        raise UserError(f"memory --test: unknown technique {bad[0]!r}; known: all, {', '.join(TECHNIQUES)}")
 
 
 def measured_and_predicted(backbone: str, technique: str, batch: int) -> tuple[ProbeResult, MemoryEstimate]:

@@ -15,7 +15,7 @@ import torch
 from terratorch.registry import BACKBONE_REGISTRY
 
 import em_backbones  # noqa: F401  (registers the backbones)
-from em_backbones.techniques import Techniques
+from em_backbones.techniques_config import Techniques
 from em_backbones.counting import backbone_params, published_params
 from em_backbones.memory import SavedActivationCounter, StepMemory, gradient_bytes, optimizer_state_bytes, \
     weight_bytes

@@ -23,18 +23,21 @@ import numpy as np  # noqa: E402
 import optuna  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 
+from em_backbones.techniques_config import searched_knobs, technique_knobs  # noqa: E402
+from search.errors import UserError  # noqa: E402
 from search.export import write_text  # noqa: E402
 from search.front import pareto_front  # noqa: E402
 from search.results import STATUS_STOPPED, ranked, scored  # noqa: E402
 from search.space import Space, load_space  # noqa: E402
 from search.study import JOURNAL, load_study  # noqa: E402
+from search.summary import format_spread  # noqa: E402
 
 TOP_K = 10
 TEMPLATE = Path(__file__).parent / "templates" / "report.html"
 COLOURS = plt.get_cmap("tab10").colors
 
 
-class ReportError(ValueError):
+class ReportError(UserError, ValueError):
     """A directory that holds no finished run."""
 
 
@@ -49,8 +52,26 @@ def save(fig, path: Path) -> Path:
     return path
 
 
-def accuracy_vs_memory(rows: list[dict], front: list[dict], best: dict | None, path: Path) -> Path:
-    """Every scored trial; the front as a staircase; the best accuracy per GB labelled, with its iso-line."""
+def reference_marks(ax, baselines: list[dict], reference: dict | None) -> float:
+    """Baselines' validation mIoU as dashed lines, the reference CNN as a star; returns the highest mark."""
+    styles = iter([(0, (5, 3)), (0, (2, 2)), (0, (6, 2, 1, 2)), (0, (8, 4)), (0, (1, 3))])
+    highest = 0.0
+    for baseline in baselines:
+        if baseline.get("val_miou") is not None:
+            ax.axhline(baseline["val_miou"], color="grey", lw=1, ls=next(styles, (0, (4, 4))),
+                       label=f"{baseline['name']} ({baseline['val_miou']:.3f})")
+            highest = max(highest, baseline["val_miou"])
+    if reference and reference["val_miou"]["mean"] is not None and reference["peak_gb"]["mean"] is not None:
+        ax.scatter([reference["peak_gb"]["mean"]], [reference["val_miou"]["mean"]], marker="*", s=220, color="#444",
+                   zorder=4, label=f"reference CNN ({reference['val_miou']['mean']:.3f}, mean of seeds)")
+        highest = max(highest, reference["val_miou"]["mean"])
+    return highest
+
+
+def accuracy_vs_memory(rows: list[dict], front: list[dict], best: dict | None, path: Path,
+                       baselines: list[dict] = (), reference: dict | None = None) -> Path:
+    """Every scored trial; the front as a staircase; the best accuracy per GB labelled, with its iso-line;
+    the baselines and the reference CNN as marks to beat."""
     points = scored(rows)
     colours = colour_of([r["backbone"] for r in points])
     fig, ax = plt.subplots(figsize=(10, 5))
@@ -71,8 +92,11 @@ def accuracy_vs_memory(rows: list[dict], front: list[dict], best: dict | None, p
         ax.annotate(f"best mIoU/GB: {best['objective']:.3g}\n{best['backbone']} ({best['trial_id']})",
                     (best["peak_gb"], best["val_miou"]), xytext=(12, -28), textcoords="offset points", fontsize=9,
                     arrowprops={"arrowstyle": "->", "color": "black"})
-        ax.set_ylim(0, max(r["val_miou"] for r in points) * 1.15)
-        ax.set_xlim(0, max(r["peak_gb"] for r in points) * 1.08)
+    highest = reference_marks(ax, list(baselines), reference)
+    if best is not None:
+        ax.set_ylim(0, min(1.0, max(highest, *(r["val_miou"] for r in points)) * 1.15))
+        widest = max([r["peak_gb"] for r in points] + ([reference["peak_gb"]["mean"] or 0] if reference else []))
+        ax.set_xlim(0, widest * 1.08)
     ax.set_xlabel("measured peak memory per worker (GB)")
     ax.set_ylabel("validation mIoU")
     ax.set_title("Accuracy vs memory")
@@ -84,10 +108,8 @@ def accuracy_vs_memory(rows: list[dict], front: list[dict], best: dict | None, p
 def objective_by_choice(rows: list[dict], path: Path) -> Path:
     """Accuracy per GB of every scored trial, grouped by backbone and by each technique the run varied."""
     points = scored(rows)
-    groups = [("backbone", "backbone")] + [
-        (key, title) for key, title in (("quantization_bits", "quantization bits"), ("lora_rank", "LoRA rank"),
-                                        ("gradient_checkpointing", "gradient checkpointing"))
-        if len({r[key] for r in points}) > 1]
+    groups = [("backbone", "backbone")] + [(key, title) for key, title in knob_labels()
+                                           if len({r[key] for r in points}) > 1]
     fig, axes = plt.subplots(1, len(groups), figsize=(3.6 * len(groups) + 1, 4), sharey=True, squeeze=False)
     axes = axes[0]
     rng = np.random.default_rng(0)
@@ -116,18 +138,23 @@ def importances(space: Space, run_dir: Path) -> tuple[dict[str, dict[str, float]
         return {}, f"no Optuna study to read ({err})"
     targets = {"val mIoU": lambda t: t.values[0], "peak GB": lambda t: t.values[1]} \
         if space.objective == "pareto" else {"val mIoU per GB": None}
-    done = study.get_trials(deepcopy=False, states=[optuna.trial.TrialState.COMPLETE])
+    # Infeasible configurations (over the memory budget: a positive constraint) never trained; Optuna
+    # holds them with a placeholder objective of 0, which is no measurement, so fANOVA leaves them out.
+    done = [t for t in study.get_trials(deepcopy=False, states=[optuna.trial.TrialState.COMPLETE])
+            if all(value <= 0 for value in t.constraints.values())]
     # Optuna scores parameters every completed trial has (a tier's backbone exists only in that tier's
     # trials); of those, only the ones that took more than one value can matter.
     common = set.intersection(*(set(t.params) for t in done)) if done else set()
     varied = sorted(name for name in common if len({t.params[name] for t in done}) > 1)
     if not varied:
         return {}, "no parameter shared by the completed trials took more than one value"
+    measured = optuna.create_study(directions=study.directions)
+    measured.add_trials(done)
     result = {}
     for label, target in targets.items():
         try:
             result[label] = optuna.importance.get_param_importances(
-                study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0), params=varied, target=target)
+                measured, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0), params=varied, target=target)
         except (ValueError, RuntimeError) as err:
             return {}, f"Optuna could not compute importances: {err}"
     return result, None
@@ -150,12 +177,13 @@ def importance_chart(values: dict[str, dict[str, float]], path: Path) -> Path:
 
 def asha_rungs(space: Space) -> list[int]:
     """Epochs at which ASHA compares trials: grace period x reduction factor^k, below the last epoch."""
-    if space.scheduler != "asha":
+    if space.training.scheduler != "asha":
         return []
-    rungs, rung = [], space.grace_period
-    while rung < space.epochs:
+    training = space.training
+    rungs, rung = [], training.grace_period
+    while rung < training.epochs:
         rungs.append(rung)
-        rung *= space.reduction_factor
+        rung *= training.reduction_factor
     return rungs
 
 
@@ -177,7 +205,7 @@ def learning_curves(rows: list[dict], space: Space, path: Path) -> Path:
     if asha_rungs(space):
         handles.append(plt.Line2D([], [], color="grey", ls=":", label="ASHA rung"))
     ax.legend(handles=handles, fontsize=8)
-    ax.set_xticks(range(1, space.epochs + 1))
+    ax.set_xticks(range(1, space.training.epochs + 1))
     ax.set_ylim(bottom=0)
     ax.set_xlabel("epoch")
     ax.set_ylabel("validation mIoU")
@@ -220,12 +248,14 @@ def fmt(value: Any, spec: str = ".4f") -> str:
     return format(value, spec)
 
 
-def format_spread(stats: dict[str, float | None]) -> str:
-    """`mean ± std`, with the IQM where there were enough runs; a dash where none completed."""
-    if stats["mean"] is None:
-        return "–"
-    text = f"{stats['mean']:.4f} ± {stats['std']:.4f}"
-    return text + (f" (IQM {stats['iqm']:.4f})" if stats["iqm"] is not None else "")
+def knob_labels() -> list[tuple[str, str]]:
+    """(column, label) of every searched technique knob (em_backbones/techniques_config.py)."""
+    knobs = technique_knobs()
+    return [(name, knobs[name].label) for name in searched_knobs()]
+
+
+def knob_cell(value: Any) -> str:
+    return ("yes" if value else "no") if isinstance(value, bool) else ("–" if value is None else str(value))
 
 
 def read_rows(path: Path) -> list[dict]:
@@ -247,8 +277,10 @@ def write_report(run_dir: Path) -> Path:
     front = pareto_front(rows)
     best = next((r for r in rows if r["trial_id"] == summary.get("best_trial")), None) or next(iter(ranked(rows)), None)
     figures: dict[str, Path] = {}
+    baselines, reference = summary.get("baselines") or [], summary.get("reference_cnn")
     if scored(rows):
-        figures["scatter"] = accuracy_vs_memory(rows, front, best, figures_dir / "accuracy_vs_memory.png")
+        figures["scatter"] = accuracy_vs_memory(rows, front, best, figures_dir / "accuracy_vs_memory.png", baselines,
+                                                reference)
         figures["by_choice"] = objective_by_choice(rows, figures_dir / "objective_by_choice.png")
         figures["curves"] = learning_curves(rows, space, figures_dir / "learning_curves.png")
     scores, importance_note = importances(space, run_dir)
@@ -260,11 +292,12 @@ def write_report(run_dir: Path) -> Path:
 
     environment = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATE.parent),
                                      autoescape=jinja2.select_autoescape(["html"]))
-    environment.filters.update(fmt=fmt, mean_std=format_spread, param=display_param)
+    environment.filters.update(fmt=fmt, mean_std=format_spread, param=display_param, knob=knob_cell)
     html = environment.get_template(TEMPLATE.name).render(
         space=space, rows=rows, summary=summary, best=best, front=front, top=ranked(rows)[:TOP_K],
         figures={name: data_uri(path) for name, path in figures.items()}, importances=scores,
-        importance_note=importance_note, held_out=held_out, rungs=asha_rungs(space),
+        importance_note=importance_note, held_out=held_out, rungs=asha_rungs(space), knobs=knob_labels(),
+        baselines=baselines, reference=reference, comparisons=summary.get("comparisons") or [],
         problems=[r for r in rows if r["status"] in ("failed", "infeasible")],
         statuses={s: sum(r["status"] == s for r in rows) for s in sorted({r["status"] for r in rows})},
     )

@@ -1,4 +1,6 @@
-"""Ray Tune's ResultGrid → one row per trial, a majority-class baseline, and the printed summary."""
+"""Ray Tune's ResultGrid → one row per trial (results.parquet), ranking, and the printed trial table.
+
+Light on purpose (no torch): the driver and `search report` use it.""" 
 
 from __future__ import annotations
 
@@ -6,12 +8,9 @@ import math
 from datetime import datetime, timezone
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
-import torch
-from torchmetrics.classification import MulticlassJaccardIndex
 
-from search.data import IGNORE_INDEX, PreparedData, read_label_tiles
+from em_backbones.techniques_config import searched_knobs, technique_knobs
 from search.faults import CAUSE_INFEASIBLE, cause_of
 from search.space import SEARCHED_PARAMS
 
@@ -29,9 +28,7 @@ SCHEMA = pa.schema([
     ("tier", pa.int64()),
     ("backbone", pa.string()),
     ("scale", pa.string()),
-    ("quantization_bits", pa.int64()),
-    ("lora_rank", pa.int64()),
-    ("gradient_checkpointing", pa.bool_()),
+    *((name, getattr(pa, technique_knobs()[name].column)()) for name in searched_knobs()),
     ("learning_rate", pa.float64()),
     ("batch_size", pa.int64()),
     ("epochs_run", pa.int64()),
@@ -57,6 +54,11 @@ SCHEMA = pa.schema([
     ("val_miou_per_epoch", pa.list_(pa.float64())),
     ("seed", pa.int64()),
     ("test_miou", pa.float64()),
+    ("pid", pa.int64()),  # the process that trained it, and how many trials it had trained before (0: fresh)
+    ("trials_before_in_process", pa.int64()),
+    ("import_seconds", pa.float64()),  # importing the model stack (0 in a warm process)
+    ("setup_seconds", pa.float64()),  # config, datamodule, model and Trainer built, before the first batch
+    ("rss_mb_at_start", pa.float64()),
 ])
 NOT_EPOCH_REPORTS = ("fault", "infeasible", "test_miou")  # reports a trial makes besides its epochs
 
@@ -127,7 +129,7 @@ def trial_rows(result_grid, max_epochs: int, scale: str, budget_gb: float | None
             "epochs_run": epochs_run,
             "val_miou": _float(metrics.get("val_miou")),
             "peak_gb": _float(metrics.get("peak_gb")),
-            "predicted_gb": _float(config.get("predicted_gb")),
+            "predicted_gb": _float(config.get("predicted_gb", metrics.get("predicted_gb"))),
             "memory_method": metrics.get("memory_method"),
             "objective": _float(metrics.get("objective")),
             "param_gb": _float(metrics.get("param_gb")),
@@ -145,6 +147,11 @@ def trial_rows(result_grid, max_epochs: int, scale: str, budget_gb: float | None
             "val_miou_per_epoch": curve,
             "seed": metrics.get("seed"),
             "test_miou": _float(metrics.get("test_miou")),
+            "pid": metrics.get("pid"),
+            "trials_before_in_process": metrics.get("trials_before_in_process"),
+            "import_seconds": _float(metrics.get("import_seconds")),
+            "setup_seconds": _float(metrics.get("setup_seconds")),
+            "rss_mb_at_start": _float(metrics.get("rss_mb_at_start")),
         })
         row["started_at"], row["finished_at"] = _span(metrics)
         rows.append(row)
@@ -168,21 +175,6 @@ def ranked(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def best_row(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
     return next(iter(ranked(rows)), None)
-
-
-def majority_class_miou(prepared: PreparedData, fit_on: str = "train") -> tuple[int, float]:
-    """mIoU on the validation tiles of predicting one class everywhere: the most common class of
-    the `fit_on` split ("train": a fair baseline; "val": the best any constant prediction can do).
-
-    Uses the same metric class and settings as TerraTorch's SemanticSegmentationTask, so the
-    figure sits next to the trials' val mIoU on equal terms.
-    """
-    labels = read_label_tiles(prepared, fit_on)
-    values, counts = np.unique(labels[labels != IGNORE_INDEX], return_counts=True)
-    majority = int(values[np.argmax(counts)])
-    val = torch.from_numpy(read_label_tiles(prepared, "val").astype(np.int64))
-    metric = MulticlassJaccardIndex(num_classes=prepared.num_classes, ignore_index=IGNORE_INDEX, average="macro")
-    return majority, float(metric(torch.full_like(val, majority), val))
 
 
 def slot_utilisation(rows: list[dict[str, Any]], slots: int, search_wall_seconds: float) -> float:

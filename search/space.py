@@ -1,8 +1,11 @@
-"""Search-space YAML → validated `Space`, and the define-by-run function Optuna samples from.
+"""Search-space YAML → validated `Space` (nested like the file), and the define-by-run function Optuna samples.
 
 Every field is checked on load; a bad file raises `SpaceError` whose one-line message names the
-file, the field and what was expected. YAML is read with `yaml.safe_load`: a space file can
-never construct Python objects.
+file, the field and what was expected. YAML is read with `yaml.safe_load`: a space file can never
+construct Python objects. The `techniques:` section is derived from `Techniques`
+(em_backbones/techniques_config.py): a searched knob is a list of choices, a fixed one a value.
+
+This module imports no torch, TerraTorch or transformers: the driver plans with it.
 """
 
 from __future__ import annotations
@@ -15,26 +18,37 @@ from typing import Any, Callable
 import yaml
 
 from em_backbones.bands import MODALITY_BANDS
-from em_backbones.catalog import CATALOG
-from em_backbones.estimate import PRECISION_BYTES, estimate
-from em_backbones.quantization import QUANT_TYPES
-from em_backbones.techniques import SUPPORTED_BITS, Techniques
+from em_backbones.catalog import CATALOG, SEARCHED_TIERS
+from em_backbones.techniques_config import PRECISION_BYTES, Techniques, knob_default, searched_knobs, \
+    technique_knobs
+from search.errors import UserError
 from search.faults import FAULT_KINDS, Fault
 
 
-class SpaceError(ValueError):
+class SpaceError(UserError, ValueError):
     """A space file that cannot be searched; the message is one line naming the field."""
+
+
+LAYOUTS = ("terramesh", "sen1floods11")
+BAD_CHIP_POLICIES = ("skip", "error")
+OBJECTIVES = ("accuracy_per_gb", "pareto")
+SCHEDULERS = ("asha", "fifo")
+# Decoders whose pyramid pooling normalises a 1x1 map with BatchNorm: a batch of one cannot train.
+BATCHNORM_POOLING_DECODERS = ("UperNetDecoder",)
 
 
 @dataclass(frozen=True)
 class DataSpec:
-    root: str | None = None  # None: the packaged TerraMesh sample
+    root: str | None = None  # None: the packaged sample of the layout (search/sample_data/<layout>)
     layout: str = "terramesh"
     modalities: tuple[str, ...] = ("S1RTC", "S2L2A")
     num_classes: int = 10
     tile_size: int = 112
-    val_chips: tuple[str, ...] = ()
+    val_chips: tuple[str, ...] = ()  # empty: chosen by seed, covering every class the data allows
     test_chips: tuple[str, ...] = ()
+    val_fraction: float = 0.2  # share of usable chips chosen for validation (at least 1) when none are named
+    test_fraction: float = 0.2
+    on_bad_chip: str = "skip"  # skip (one warning line each) or error
 
 
 @dataclass(frozen=True)
@@ -44,19 +58,48 @@ class ResourceSpec:
     gpus_per_worker: float | None = None  # None: 1 if the cluster has GPUs, else 0
     max_concurrent_trials: int | None = None  # None: as many as the cluster's resources hold
     memory_budget_gb: float | None = None  # per worker; configurations predicted over it never train
-    max_failures: int = 2  # restarts of a trial's workers after a worker or node dies (Ray Train FailureConfig)
-
-
-OBJECTIVES = ("accuracy_per_gb", "pareto")
-SCHEDULERS = ("asha", "fifo")
+    max_failures: int = 2  # restarts of a trial after its worker or node dies
 
 
 @dataclass(frozen=True)
 class EvaluationSpec:
-    """After the search: retrain the top-k configurations over several seeds, score them on test."""
+    """After the search: retrain the top-k configurations (and the reference CNN) over seeds, score on test."""
 
     top_k: int = 3  # 0 = off
     seeds: int = 3
+    reference_cnn: bool = True  # train the tier-0 U-Net beside them, same budget and seeds
+
+
+@dataclass(frozen=True)
+class TrainingSpec:
+    learning_rate: tuple[float, float] = (1e-4, 3e-3)  # sampled log-uniformly
+    batch_size: tuple[int, ...] = (4,)
+    epochs: int = 4
+    grace_period: int = 1
+    reduction_factor: int = 2
+    num_samples: int = 8
+    seed: int = 0
+    precision: str = "32-true"
+    scheduler: str = "asha"  # or "fifo": every trial runs all its epochs
+
+
+@dataclass(frozen=True)
+class DecoderSpec:
+    name: str = "UperNetDecoder"
+    channels: int = 64
+
+
+@dataclass(frozen=True)
+class TechniqueSpace:
+    """Searched knobs as tuples of choices, fixed knobs as values (both keyed by Techniques' field names)."""
+
+    choices: dict[str, tuple] = field(default_factory=lambda: {k: (knob_default(k),) for k in searched_knobs()})
+    fixed: dict[str, Any] = field(default_factory=lambda: {k: knob_default(k) for k in technique_knobs()
+                                                           if k not in searched_knobs()})
+
+    def of(self, params: dict[str, Any]) -> Techniques:
+        """The techniques of one sampled configuration: its searched values and the run's fixed ones."""
+        return Techniques(**self.fixed, **{name: params[name] for name in self.choices})
 
 
 @dataclass(frozen=True)
@@ -64,46 +107,27 @@ class Space:
     name: str
     scale: str
     tiers: dict[int, tuple[str, ...]]
-    quantization_bits: tuple[int, ...]
-    lora_rank: tuple[int, ...]
-    gradient_checkpointing: tuple[bool, ...]
-    learning_rate: tuple[float, float]
-    batch_size: tuple[int, ...]
-    epochs: int
-    grace_period: int
-    reduction_factor: int
-    num_samples: int
-    seed: int
-    decoder: str
-    decoder_channels: int
-    quant_type: str = "nf4"
-    double_quant: bool = True
-    lora_alpha: float | None = None
-    lora_dropout: float = 0.0
-    precision: str = "32-true"
+    techniques: TechniqueSpace = field(default_factory=TechniqueSpace)
+    training: TrainingSpec = field(default_factory=TrainingSpec)
+    decoder: DecoderSpec = field(default_factory=DecoderSpec)
     objective: str = "accuracy_per_gb"  # or "pareto": maximise val mIoU and minimise peak GB together
-    scheduler: str = "asha"  # or "fifo": every trial runs all its epochs
     evaluation: EvaluationSpec = field(default_factory=EvaluationSpec)
     data: DataSpec = field(default_factory=DataSpec)
     resources: ResourceSpec = field(default_factory=ResourceSpec)
     faults: tuple[Fault, ...] = ()  # testing aid (search/faults.py); empty = off
     source: str = ""
 
-    def fault_for(self, trial_number: int) -> Fault | None:
+    def fault_for(self, trial_number: int | None) -> Fault | None:
         return next((f for f in self.faults if f.trial == trial_number), None)
+
+    @property
+    def backbones(self) -> list[str]:
+        return [name for names in self.tiers.values() for name in names]
 
 
 TOP_KEYS = {"name", "scale", "objective", "tiers", "techniques", "training", "decoder", "data", "resources",
             "evaluation", "faults"}
 FAULT_KEYS = {"trial", "kind", "epoch"}
-TECHNIQUE_KEYS = {"quantization_bits", "lora_rank", "gradient_checkpointing", "quant_type", "double_quant",
-                  "lora_alpha", "lora_dropout"}
-TRAINING_KEYS = {"learning_rate", "batch_size", "epochs", "grace_period", "reduction_factor", "num_samples", "seed",
-                 "precision", "scheduler"}
-EVALUATION_KEYS = set(EvaluationSpec.__dataclass_fields__)
-DECODER_KEYS = {"name", "channels"}
-DATA_KEYS = set(DataSpec.__dataclass_fields__)
-RESOURCE_KEYS = set(ResourceSpec.__dataclass_fields__)
 
 
 class _Checker:
@@ -115,14 +139,13 @@ class _Checker:
     def fail(self, path: str, expected: str, got: Any) -> None:
         raise SpaceError(f"{self.source}: field '{path}': expected {expected}, got {got!r}")
 
-    def section(self, raw: dict, key: str, allowed: set[str], path: str = "") -> dict:
+    def section(self, raw: dict, key: str, allowed: set[str] | list[str]) -> dict:
         value = raw.get(key, {})
-        full = f"{path}{key}"
         if value is None:
             value = {}
         if not isinstance(value, dict):
-            self.fail(full, "a mapping", value)
-        self.no_unknown(value, allowed, f"{full}.")
+            self.fail(key, "a mapping", value)
+        self.no_unknown(value, set(allowed), f"{key}.")
         return value
 
     def no_unknown(self, raw: dict, allowed: set[str], prefix: str = "") -> None:
@@ -143,6 +166,11 @@ class _Checker:
         if not ok or value < minimum or (strictly and value == minimum):
             self.fail(path, f"a number {'>' if strictly else '>='} {minimum}", value)
         return float(value)
+
+    def one_of(self, value: Any, path: str, options: tuple[str, ...]) -> Any:
+        if value not in options:
+            self.fail(path, " or ".join(repr(o) for o in options), value)
+        return value
 
     def choices(self, value: Any, path: str, check: Callable[[Any, str], Any]) -> tuple:
         values = value if isinstance(value, list) else [value]
@@ -171,20 +199,37 @@ def parse_space(raw: Any, source: str = "<space>") -> Space:
     if not isinstance(raw, dict) or not raw:
         raise SpaceError(f"{source}: expected a mapping with at least 'tiers', got {type(raw).__name__}")
     c.no_unknown(raw, TOP_KEYS)
+    tiers = parse_tiers(c, raw.get("tiers"))
+    training = parse_training(c, c.section(raw, "training", TrainingSpec.__dataclass_fields__))
+    decoder = c.section(raw, "decoder", DecoderSpec.__dataclass_fields__)
+    decoder_spec = DecoderSpec(name=str(decoder.get("name", DecoderSpec.name)),
+                               channels=c.integer(decoder.get("channels", DecoderSpec.channels), "decoder.channels", 1))
+    if decoder_spec.name in BATCHNORM_POOLING_DECODERS and 1 in training.batch_size:
+        c.fail("training.batch_size", f"sizes >= 2 with decoder.name {decoder_spec.name} (its pyramid pooling "
+               "normalises a 1x1 map with BatchNorm, which cannot train on a batch of one)", list(training.batch_size))
+    data = parse_data(c, c.section(raw, "data", DataSpec.__dataclass_fields__), [n for t in tiers.values() for n in t])
+    return Space(
+        name=str(raw.get("name", Path(source).stem)),
+        scale=c.one_of(raw.get("scale", "tiny"), "scale", ("tiny", "full")),
+        objective=c.one_of(raw.get("objective", "accuracy_per_gb"), "objective", OBJECTIVES),
+        tiers=tiers,
+        techniques=parse_techniques(c, c.section(raw, "techniques", technique_knobs())),
+        training=training,
+        decoder=decoder_spec,
+        evaluation=parse_evaluation(c, c.section(raw, "evaluation", EvaluationSpec.__dataclass_fields__)),
+        data=data,
+        resources=parse_resources(c, c.section(raw, "resources", ResourceSpec.__dataclass_fields__)),
+        faults=parse_faults(c, raw.get("faults", []), training.epochs),
+        source=source,
+    )
 
-    scale = raw.get("scale", "tiny")
-    if scale not in ("tiny", "full"):
-        c.fail("scale", "'tiny' or 'full'", scale)
-    objective = raw.get("objective", "accuracy_per_gb")
-    if objective not in OBJECTIVES:
-        c.fail("objective", " or ".join(repr(o) for o in OBJECTIVES), objective)
 
-    tiers_raw = raw.get("tiers")
-    if not isinstance(tiers_raw, dict) or not tiers_raw:
-        c.fail("tiers", "a non-empty mapping of tier number → list of backbone names", tiers_raw)
+def parse_tiers(c: _Checker, raw: Any) -> dict[int, tuple[str, ...]]:
+    if not isinstance(raw, dict) or not raw:
+        c.fail("tiers", "a non-empty mapping of tier number → list of backbone names", raw)
     tiers: dict[int, tuple[str, ...]] = {}
-    for tier, names in tiers_raw.items():
-        if tier not in (1, 2, 3):
+    for tier, names in raw.items():
+        if tier not in SEARCHED_TIERS:
             c.fail(f"tiers.{tier}", "tier 1, 2 or 3", tier)
         if not isinstance(names, list) or not names:
             c.fail(f"tiers.{tier}", "a non-empty list of backbone names", names)
@@ -192,63 +237,86 @@ def parse_space(raw: Any, source: str = "<space>") -> Space:
             if name not in CATALOG:
                 close = difflib.get_close_matches(str(name), sorted(CATALOG), n=1)
                 hint = f" (did you mean '{close[0]}'?)" if close else ""
-                raise SpaceError(f"{source}: field 'tiers.{tier}': unknown backbone {name!r}{hint}; "
+                raise SpaceError(f"{c.source}: field 'tiers.{tier}': unknown backbone {name!r}{hint}; "
                                  f"known: {', '.join(sorted(CATALOG))}")
             if CATALOG[name].tier != tier:
                 c.fail(f"tiers.{tier}", f"backbones of tier {tier} ({name} is tier {CATALOG[name].tier})", name)
         tiers[tier] = tuple(names)
+    return tiers
 
-    tech = c.section(raw, "techniques", TECHNIQUE_KEYS)
 
-    def bits(v, p):
-        if v not in SUPPORTED_BITS or isinstance(v, bool):
-            c.fail(p, f"one of {list(SUPPORTED_BITS)}", v)
-        return v
+def parse_techniques(c: _Checker, raw: dict) -> TechniqueSpace:
+    """Searched knobs: a list of choices (or one value); fixed knobs: one value. Checks come from Techniques."""
+    choices, fixed = {}, {}
+    for name, spec in technique_knobs().items():
+        path = f"techniques.{name}"
 
-    def flag(v, p):
-        if not isinstance(v, bool):
-            c.fail(p, "true or false", v)
-        return v
+        def check(value: Any, where: str, spec=spec) -> Any:
+            if not spec.valid(value):
+                c.fail(where, spec.expected, value)
+            return value
 
-    quant_type = tech.get("quant_type", "nf4")
-    if quant_type not in QUANT_TYPES:
-        c.fail("techniques.quant_type", f"one of {list(QUANT_TYPES)}", quant_type)
-    double_quant = flag(tech.get("double_quant", True), "techniques.double_quant")
-    lora_alpha = tech.get("lora_alpha")
-    if lora_alpha is not None:
-        c.number(lora_alpha, "techniques.lora_alpha", 0.0, strictly=True)
-    lora_dropout = tech.get("lora_dropout", 0.0)
-    if isinstance(lora_dropout, bool) or not isinstance(lora_dropout, (int, float)) or not 0 <= lora_dropout < 1:
-        c.fail("techniques.lora_dropout", "a number in [0, 1)", lora_dropout)
+        if spec.searched:
+            choices[name] = c.choices(raw.get(name, [knob_default(name)]), path, check)
+        else:
+            fixed[name] = check(raw.get(name, knob_default(name)), path)
+    return TechniqueSpace(choices, fixed)
 
-    training = c.section(raw, "training", TRAINING_KEYS)
-    precision = training.get("precision", "32-true")
-    if precision not in PRECISION_BYTES:
-        c.fail("training.precision", f"one of {sorted(PRECISION_BYTES)} (Lightning precision)", precision)
-    lr = training.get("learning_rate", {"low": 1e-4, "high": 3e-3})
+
+def parse_training(c: _Checker, raw: dict) -> TrainingSpec:
+    lr = raw.get("learning_rate", {"low": 1e-4, "high": 3e-3})
     if not isinstance(lr, dict) or set(lr) != {"low", "high"}:
         c.fail("training.learning_rate", "a mapping {low: L, high: H} (sampled log-uniformly)", lr)
     low = c.number(lr["low"], "training.learning_rate.low", 0.0, strictly=True)
     high = c.number(lr["high"], "training.learning_rate.high", low)
-    scheduler = training.get("scheduler", "asha")
-    if scheduler not in SCHEDULERS:
-        c.fail("training.scheduler", " or ".join(repr(o) for o in SCHEDULERS), scheduler)
-    epochs = c.integer(training.get("epochs", 4), "training.epochs", 1)
-    grace = c.integer(training.get("grace_period", 1), "training.grace_period", 1)
+    epochs = c.integer(raw.get("epochs", TrainingSpec.epochs), "training.epochs", 1)
+    grace = c.integer(raw.get("grace_period", TrainingSpec.grace_period), "training.grace_period", 1)
     if grace > epochs:
         c.fail("training.grace_period", f"an integer <= training.epochs ({epochs})", grace)
+    precision = raw.get("precision", TrainingSpec.precision)
+    if precision not in PRECISION_BYTES:
+        c.fail("training.precision", f"one of {sorted(PRECISION_BYTES)} (Lightning precision)", precision)
+    return TrainingSpec(
+        learning_rate=(low, high),
+        batch_size=c.choices(raw.get("batch_size", list(TrainingSpec.batch_size)), "training.batch_size",
+                             lambda v, p: c.integer(v, p, 1)),
+        epochs=epochs,
+        grace_period=grace,
+        reduction_factor=c.integer(raw.get("reduction_factor", TrainingSpec.reduction_factor),
+                                   "training.reduction_factor", 2),
+        num_samples=c.integer(raw.get("num_samples", TrainingSpec.num_samples), "training.num_samples", 1),
+        seed=c.integer(raw.get("seed", TrainingSpec.seed), "training.seed", 0),
+        precision=precision,
+        scheduler=c.one_of(raw.get("scheduler", TrainingSpec.scheduler), "training.scheduler", SCHEDULERS),
+    )
 
-    decoder = c.section(raw, "decoder", DECODER_KEYS)
-    data_raw = c.section(raw, "data", DATA_KEYS)
-    data = DataSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in data_raw.items()})
-    if data.layout not in ("terramesh", "sen1floods11"):
-        c.fail("data.layout", "'terramesh' or 'sen1floods11'", data.layout)
+
+def parse_data(c: _Checker, raw: dict, backbones: list[str]) -> DataSpec:
+    data = DataSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()})
+    c.one_of(data.layout, "data.layout", LAYOUTS)
+    c.one_of(data.on_bad_chip, "data.on_bad_chip", BAD_CHIP_POLICIES)
+    if data.root is not None and not isinstance(data.root, str):
+        c.fail("data.root", "a directory path or null (packaged sample)", data.root)
+    if not isinstance(data.modalities, tuple) or not data.modalities:
+        c.fail("data.modalities", "a non-empty list of modalities", data.modalities)
     for i, modality in enumerate(data.modalities):
         if modality not in MODALITY_BANDS:
             c.fail(f"data.modalities[{i}]", f"one of {sorted(MODALITY_BANDS)}", modality)
     c.integer(data.num_classes, "data.num_classes", 2)
     c.integer(data.tile_size, "data.tile_size", 1)
-    for name in (n for names in tiers.values() for n in names):
+    for key in ("val_fraction", "test_fraction"):
+        value = getattr(data, key)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+            c.fail(f"data.{key}", "a number in [0, 1)", value)
+    for key in ("val_chips", "test_chips"):
+        chips = getattr(data, key)
+        if not isinstance(chips, tuple) or not all(isinstance(chip, str) for chip in chips):
+            c.fail(f"data.{key}", "a list of chip ids", chips)
+    both = sorted(set(data.val_chips) & set(data.test_chips))
+    if both:
+        c.fail("data.test_chips", f"chips not also in data.val_chips (a chip belongs to one split; {both[0]!r} "
+               "is in both)", list(data.test_chips))
+    for name in backbones:
         stride = CATALOG[name].patch_size
         if data.tile_size % stride:
             c.fail("data.tile_size", f"a multiple of {stride} ({name}'s patch stride)", data.tile_size)
@@ -256,11 +324,11 @@ def parse_space(raw: Any, source: str = "<space>") -> Space:
         if missing:
             c.fail("data.modalities", f"a modality of each of {list(CATALOG[name].required_sensors)} for {name} "
                    f"(missing {', '.join(missing)})", list(data.modalities))
-    if data.root is not None and not isinstance(data.root, str):
-        c.fail("data.root", "a directory path or null (packaged sample)", data.root)
+    return data
 
-    res_raw = c.section(raw, "resources", RESOURCE_KEYS)
-    resources = ResourceSpec(**res_raw)
+
+def parse_resources(c: _Checker, raw: dict) -> ResourceSpec:
+    resources = ResourceSpec(**raw)
     c.integer(resources.workers_per_trial, "resources.workers_per_trial", 1)
     c.number(resources.cpus_per_worker, "resources.cpus_per_worker", 0.0, strictly=True)
     if resources.gpus_per_worker is not None:
@@ -270,46 +338,16 @@ def parse_space(raw: Any, source: str = "<space>") -> Space:
     if resources.memory_budget_gb is not None:
         c.number(resources.memory_budget_gb, "resources.memory_budget_gb", 0.0, strictly=True)
     c.integer(resources.max_failures, "resources.max_failures", 0)
+    return resources
 
-    evaluation_raw = c.section(raw, "evaluation", EVALUATION_KEYS)
-    evaluation = EvaluationSpec(
-        top_k=c.integer(evaluation_raw.get("top_k", EvaluationSpec.top_k), "evaluation.top_k", 0),
-        seeds=c.integer(evaluation_raw.get("seeds", EvaluationSpec.seeds), "evaluation.seeds", 1))
 
-    faults = parse_faults(c, raw.get("faults", []), epochs)
-
-    return Space(
-        name=str(raw.get("name", Path(source).stem)),
-        scale=scale,
-        tiers=tiers,
-        quantization_bits=c.choices(tech.get("quantization_bits", [16]), "techniques.quantization_bits", bits),
-        lora_rank=c.choices(tech.get("lora_rank", [0]), "techniques.lora_rank",
-                            lambda v, p: c.integer(v, p, 0)),
-        gradient_checkpointing=c.choices(tech.get("gradient_checkpointing", [False]),
-                                         "techniques.gradient_checkpointing", flag),
-        learning_rate=(low, high),
-        batch_size=c.choices(training.get("batch_size", [4]), "training.batch_size",
-                             lambda v, p: c.integer(v, p, 1)),
-        epochs=epochs,
-        grace_period=grace,
-        reduction_factor=c.integer(training.get("reduction_factor", 2), "training.reduction_factor", 2),
-        num_samples=c.integer(training.get("num_samples", 8), "training.num_samples", 1),
-        seed=c.integer(training.get("seed", 0), "training.seed", 0),
-        decoder=str(decoder.get("name", "UperNetDecoder")),
-        decoder_channels=c.integer(decoder.get("channels", 64), "decoder.channels", 1),
-        quant_type=quant_type,
-        double_quant=double_quant,
-        lora_alpha=None if lora_alpha is None else float(lora_alpha),
-        lora_dropout=float(lora_dropout),
-        precision=precision,
-        objective=objective,
-        scheduler=scheduler,
-        evaluation=evaluation,
-        data=data,
-        resources=resources,
-        faults=faults,
-        source=source,
-    )
+def parse_evaluation(c: _Checker, raw: dict) -> EvaluationSpec:
+    reference = raw.get("reference_cnn", EvaluationSpec.reference_cnn)
+    if not isinstance(reference, bool):
+        c.fail("evaluation.reference_cnn", "true or false", reference)
+    return EvaluationSpec(top_k=c.integer(raw.get("top_k", EvaluationSpec.top_k), "evaluation.top_k", 0),
+                          seeds=c.integer(raw.get("seeds", EvaluationSpec.seeds), "evaluation.seeds", 1),
+                          reference_cnn=reference)
 
 
 def parse_faults(c: _Checker, raw: Any, epochs: int) -> tuple[Fault, ...]:
@@ -339,25 +377,21 @@ def backbone_param(tier: int) -> str:
     return f"backbone_tier{tier}"
 
 
-def trial_techniques(space: Space, params: dict[str, Any]) -> Techniques:
-    """The memory techniques of one sampled configuration, with the space's fixed settings."""
-    return Techniques(int(params["quantization_bits"]), space.quant_type, space.double_quant,
-                      int(params["lora_rank"]), space.lora_alpha, space.lora_dropout,
-                      bool(params["gradient_checkpointing"]))
-
-
 def predicted_peak_gb(space: Space, backbone: str, params: dict[str, Any]) -> float:
-    """The estimator's peak for one worker of this trial at the run's scale (backbone training step)."""
-    peak = estimate(backbone, space.scale, trial_techniques(space, params), int(params["batch_size"]),
-                    space.data.tile_size, space.precision, tuple(space.data.modalities)).peak
+    """The estimator's peak for one worker of this trial at the run's scale (imports the model stack)."""
+    from em_backbones.estimate import estimate
+
+    peak = estimate(backbone, space.scale, space.techniques.of(params), int(params["batch_size"]),
+                    space.data.tile_size, space.training.precision, tuple(space.data.modalities)).peak
     return peak / 1e9
 
 
 class DefineByRun:
-    """What OptunaSearch calls per trial: tier first, then a backbone of that tier.
+    """What OptunaSearch calls per trial: tier first, then a backbone of that tier, then the knobs.
 
     With a memory budget, the predicted peak becomes an Optuna constraint (feasible when <= 0), so
-    TPE learns which regions do not fit before any of them trains.
+    TPE learns which regions do not fit before any of them trains; that prediction needs the model
+    stack in the driver, so without a budget each trial predicts its own peak where it trains.
 
     A class rather than a closure so Ray Tune can pickle the searcher into its experiment
     checkpoint (needed to resume a search).
@@ -370,17 +404,16 @@ class DefineByRun:
         space = self.space
         tier = trial.suggest_categorical("tier", sorted(space.tiers))
         backbone = trial.suggest_categorical(backbone_param(tier), list(space.tiers[tier]))
-        trial.suggest_categorical("quantization_bits", list(space.quantization_bits))
-        trial.suggest_categorical("lora_rank", list(space.lora_rank))
-        trial.suggest_categorical("gradient_checkpointing", list(space.gradient_checkpointing))
-        trial.suggest_float("learning_rate", *space.learning_rate, log=True)
-        batch_size = trial.suggest_categorical("batch_size", list(space.batch_size))
-        params = {name: trial.params[name] for name in ("quantization_bits", "lora_rank", "gradient_checkpointing")}
-        predicted = predicted_peak_gb(space, backbone, {**params, "batch_size": batch_size})
+        for name, options in space.techniques.choices.items():
+            trial.suggest_categorical(name, list(options))
+        trial.suggest_float("learning_rate", *space.training.learning_rate, log=True)
+        trial.suggest_categorical("batch_size", list(space.training.batch_size))
+        constants: dict[str, Any] = {"backbone": backbone, "trial_number": trial.number}
         if space.resources.memory_budget_gb is not None:
+            predicted = predicted_peak_gb(space, backbone, trial.params)
             trial.set_constraint("predicted_gb_over_budget", predicted - space.resources.memory_budget_gb)
-        return {"backbone": backbone, "predicted_gb": predicted, "trial_number": trial.number}
+            constants["predicted_gb"] = predicted
+        return constants
 
 
-SEARCHED_PARAMS = ("tier", "backbone", "quantization_bits", "lora_rank", "gradient_checkpointing",
-                   "learning_rate", "batch_size")
+SEARCHED_PARAMS = ("tier", "backbone", *searched_knobs(), "learning_rate", "batch_size")

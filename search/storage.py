@@ -17,11 +17,13 @@ from pathlib import Path
 
 import pyarrow.fs as pafs
 
+from search.errors import UserError
+
 CACHE = Path(tempfile.gettempdir()) / "em-search-data"
 COMPLETE_MARKER = "prepared.json"  # written last by search.data.prepare
 
 
-class StorageError(RuntimeError):
+class StorageError(UserError, RuntimeError):
     """--storage names something pyarrow cannot open or write."""
 
 
@@ -69,3 +71,14 @@ def materialise(location: str) -> Path:
     except OSError:
         shutil.rmtree(partial, ignore_errors=True)
     return cache
+
+
+MIRRORED = ("space.yaml", "results.parquet", "best.yaml", "summary.json", "optuna_journal.log", "confirm.parquet",
+            "report.html", "report", "pareto")
+
+
+def mirror_outputs(out: Path, location: str) -> None:
+    """Copy the run's outputs to the --storage URI, beside the tiles and Tune results already there."""
+    for name in MIRRORED:
+        if (out / name).exists():
+            upload(out / name, f"{location}/{name}")

@@ -2,25 +2,27 @@
 
 The trial trains from exactly this dict, and `best.yaml` is this dict written out, so what
 `terratorch fit -c best.yaml` trains is what the search measured. The optimizer lives where
-TerraTorch's tasks keep it (`model.init_args.optimizer`, `lr`, `optimizer_hparams`).
+TerraTorch's tasks keep it (`model.init_args.optimizer`, `lr`, `optimizer_hparams`). The
+`backbone_<knob>` keys come from `Techniques` itself. Light: the driver writes best.yaml with it.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
-import em_backbones
+from em_backbones import PLUGIN_DIR
+from em_backbones.catalog import get_spec
 from search.data import IGNORE_INDEX, PreparedData, datamodule_init_args
 from search.space import Space
 
-EM_BACKBONES_DIR = Path(em_backbones.__file__).parent
 DATAMODULE_CLASS = "terratorch.datamodules.GenericMultiModalDataModule"
 TASK_CLASS = "terratorch.tasks.SemanticSegmentationTask"
 
 
 def model_init_args(space: Space, params: dict[str, Any], num_classes: int, modalities: list[str],
                     tile_size: int) -> dict[str, Any]:
+    spec = get_spec(params["backbone"])
+    epochs = space.training.epochs
     return {
         "model_factory": "EncoderDecoderFactory",
         "model_args": {
@@ -29,15 +31,9 @@ def model_init_args(space: Space, params: dict[str, Any], num_classes: int, moda
             "backbone_modalities": list(modalities),
             "backbone_img_size": tile_size,
             "backbone_pretrained": False,
-            "backbone_quantization_bits": int(params["quantization_bits"]),
-            "backbone_quant_type": space.quant_type,
-            "backbone_double_quant": space.double_quant,
-            "backbone_lora_rank": int(params["lora_rank"]),
-            "backbone_lora_alpha": space.lora_alpha,
-            "backbone_lora_dropout": space.lora_dropout,
-            "backbone_gradient_checkpointing": bool(params["gradient_checkpointing"]),
-            "decoder": space.decoder,
-            "decoder_channels": space.decoder_channels,
+            **space.techniques.of(params).backbone_args(),
+            "decoder": spec.decoder or space.decoder.name,
+            **({} if spec.decoder else {"decoder_channels": space.decoder.channels}),
             "num_classes": num_classes,
         },
         "loss": "ce",
@@ -45,6 +41,10 @@ def model_init_args(space: Space, params: dict[str, Any], num_classes: int, moda
         "lr": float(params["learning_rate"]),
         "optimizer": "AdamW",
         "optimizer_hparams": {"weight_decay": 0.05},
+        # Decay to ~0 over the trial's epochs: the last epoch's score (what ASHA compares and best.yaml
+        # reproduces) is then the settled one, not a spike of a still-large step.
+        "scheduler": "CosineAnnealingLR",
+        "scheduler_hparams": {"T_max": epochs},
         "plot_on_val": False,
     }
 
@@ -53,17 +53,18 @@ def terratorch_config(space: Space, params: dict[str, Any], prepared: PreparedDa
     """The complete LightningCLI config for one set of sampled parameters (and its seed, if it has one)."""
     seed = params.get("seed")
     return {
-        "seed_everything": int(space.seed if seed is None else seed),
-        "custom_modules_path": str(EM_BACKBONES_DIR),
+        "seed_everything": int(space.training.seed if seed is None else seed),
+        "custom_modules_path": str(PLUGIN_DIR),
         "trainer": {
             "accelerator": "auto",
             "devices": "auto",
-            "max_epochs": space.epochs,
-            "precision": space.precision,
+            "max_epochs": space.training.epochs,
+            "precision": space.training.precision,
             "logger": False,
             "enable_checkpointing": False,
             "num_sanity_val_steps": 0,
             "log_every_n_steps": 1,
+            "gradient_clip_val": 1.0,
         },
         "data": {
             "class_path": DATAMODULE_CLASS,

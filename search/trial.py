@@ -1,24 +1,28 @@
-"""One trial: a Ray Tune function that runs a Ray Train TorchTrainer and turns its faults into failures.
+"""One trial: a Ray Tune function that trains in its own (reused) actor, or launches Ray Train for DDP.
 
-`run_trial` is the Ray Tune trainable (a plain function of the sampled config); it launches Ray
-Train and turns a reported training fault into a failed trial. `run_confirmation` is the same for
-the held-out stage (search/confirm.py). Each Train worker runs search/worker.py.
+Single-worker trials train inside the Tune actor itself, and the Tuner reuses actors
+(`TuneConfig(reuse_actors=True)`, Ray's intended way to stop paying process start-up per trial):
+the ~15 s of importing torch, Lightning and TerraTorch is paid once per actor, not once per
+trial. Ray Tune resets a function trainable between trials by ending its training thread;
+search/worker.py makes sure nothing a trial set carries over.
 
-This module is light on purpose: every trial starts a Tune function process and a Train
-controller process that import it, and neither trains; importing TerraTorch and the backbones
-there cost ~30 s of CPU per trial on a 2-CPU machine. So the space travels as its YAML text and
-only the workers parse it and import the model stack.
+Multi-worker (data-parallel) trials keep Ray Train: the Tune function reserves no CPU and runs a
+`TorchTrainer` whose workers call the same `search.worker.train`.
+
+This module is light on purpose: it is what Tune pickles into every actor, and the Train
+controller of a DDP trial imports it too; the model stack is imported at the first training.
 """
 
 from __future__ import annotations
 
+import sys
+import time
 from dataclasses import dataclass
 from typing import Any
 
 import ray
 import ray.train
-from ray.train.torch import TorchTrainer
-from ray.tune.integration.ray_train import TuneReportCallback
+import ray.tune
 
 # Ray Train retries a worker group that does not start in time without limit by default. Seen on a
 # busy 2-CPU machine: a start timed out, its placement group was created after the timeout and
@@ -27,10 +31,6 @@ from ray.tune.integration.ray_train import TuneReportCallback
 # Not too few: after a node dies, starts fail fast until Ray marks the node dead (3 was too few
 # once in the node-loss test), so a stuck trial now ends after at most 30 x 120 s.
 WORKER_START_RETRIES = 30
-
-
-class TrialFailed(RuntimeError):
-    """A trial's training failed (NaN loss, out of memory, an exception); its cause leads the message."""
 
 
 @dataclass(frozen=True)
@@ -45,12 +45,17 @@ class TrialResources:
     def use_gpu(self) -> bool:
         return self.gpus_per_worker > 0
 
+    @property
+    def in_process(self) -> bool:
+        """One worker: train in the Tune actor itself, no Ray Train worker group."""
+        return self.num_workers == 1
+
 
 @dataclass(frozen=True)
 class TrialSetup:
     """Everything a trial needs besides its sampled parameters, in plain values (no model imports)."""
 
-    space_yaml: str  # the run's space.yaml, parsed again by each worker
+    space_yaml: str  # the run's space.yaml, parsed again where the trial trains
     space_source: str
     memory_budget_gb: float | None
     max_failures: int
@@ -59,20 +64,29 @@ class TrialSetup:
     resources: TrialResources
 
 
-def train_worker(loop_config: dict[str, Any]) -> None:
-    """Ray Train's per-worker function; imports the model stack only in the worker process."""
+def import_model_stack() -> tuple[Any, float]:
+    """`search.worker.train` and the seconds this call spent importing it (0 once this process has)."""
+    started = time.monotonic()
+    warm = "search.worker" in sys.modules
     from search.worker import train
 
-    train(loop_config)
+    return train, 0.0 if warm else time.monotonic() - started
+
+
+def train_worker(loop_config: dict[str, Any]) -> None:
+    """Ray Train's per-worker function of a data-parallel trial."""
+    train, import_seconds = import_model_stack()
+    world = ray.train.get_context().get_world_size()
+    train(loop_config, ray.train.report, distributed=world > 1, cpus=loop_config["cpus"],
+          import_seconds=import_seconds)
 
 
 def run_trial(config: dict[str, Any], setup: TrialSetup) -> None:
-    """Ray Tune trainable: sampled parameters in, a Ray Train run out; metrics flow per epoch.
+    """Ray Tune trainable: sampled parameters in, one report per epoch out.
 
     A configuration the estimator puts over the space's per-worker memory budget reports once,
-    as infeasible with objective 0 (it produced no model), and never starts a worker.
+    as infeasible with objective 0 (it produced no model), and never trains.
     """
-    context = ray.tune.get_context()
     budget = setup.memory_budget_gb
     if budget is not None and config["predicted_gb"] > budget:
         # Every metric a searcher may read is present (Tune checks); none was measured.
@@ -80,10 +94,18 @@ def run_trial(config: dict[str, Any], setup: TrialSetup) -> None:
                          "epoch": 0, "val_miou": float("nan"), "peak_gb": float("nan")})
         return
     resources = setup.resources
+    loop_config = {"space_yaml": setup.space_yaml, "space_source": setup.space_source, "params": config,
+                   "data": setup.data, "cpus": resources.cpus_per_worker}
+    if resources.in_process:
+        train, import_seconds = import_model_stack()
+        train(loop_config, ray.tune.report, cpus=resources.cpus_per_worker, import_seconds=import_seconds)
+        return
+    from ray.train.torch import TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+
     trainer = TorchTrainer(
         train_worker,
-        train_loop_config={"space_yaml": setup.space_yaml, "space_source": setup.space_source, "params": config,
-                           "data": setup.data},
+        train_loop_config=loop_config,
         scaling_config=ray.train.ScalingConfig(
             num_workers=resources.num_workers,
             use_gpu=resources.use_gpu,
@@ -91,7 +113,7 @@ def run_trial(config: dict[str, Any], setup: TrialSetup) -> None:
             if resources.use_gpu else {"CPU": resources.cpus_per_worker},
         ),
         run_config=ray.train.RunConfig(
-            name=context.get_trial_id(),
+            name=ray.tune.get_context().get_trial_id(),
             storage_path=f"{setup.storage.rstrip('/')}/train",
             callbacks=[TuneReportCallback()],
             # Restarts the workers, on any node with room, when one dies with its node.
@@ -99,10 +121,7 @@ def run_trial(config: dict[str, Any], setup: TrialSetup) -> None:
                                                    controller_failure_limit=WORKER_START_RETRIES),
         ),
     )
-    result = trainer.fit()
-    fault = (result.metrics or {}).get("fault")
-    if fault:
-        raise TrialFailed(f"{fault}: {result.metrics['fault_error']}")
+    trainer.fit()
 
 
 def run_confirmation(config: dict[str, Any], setup: TrialSetup) -> None:

@@ -1,11 +1,11 @@
 """Ray Tune orchestration: OptunaSearch (define-by-run) + ASHA, resources derived from the cluster.
 
-Why concurrency is computed, not left to Tune: each trial's Tune function launches a Ray Train
-run whose workers need their own CPUs/GPUs. If the Tune functions themselves held CPUs, N
-concurrent trials could take every CPU and leave none for their workers — a deadlock (seen on a
-2-CPU machine). So the Tune function reserves nothing (it only waits on Ray Train, whose
-controller also reserves no CPU), and the number of concurrent trials is how many trials'
-*workers* the cluster can hold at once.
+Concurrency is how many trials' workers the cluster holds at once. A single-worker trial's Tune
+actor holds its worker's CPUs/GPUs and trains itself; Tune reuses these actors from trial to trial
+(`reuse_actors`), so the model stack is imported once per slot, not once per trial. A
+multi-worker trial's Tune function reserves nothing and runs Ray Train, whose workers hold the
+CPUs/GPUs: if that function held CPUs, N concurrent trials could take every CPU and leave none for
+their workers — a deadlock (seen on a 2-CPU machine).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 from ray.tune.search.optuna import OptunaSearch
 
+from search.errors import UserError
 from search.live_metrics import LiveSearchMetrics
 from search.space import DefineByRun, Space
 from search.study import journal_storage
@@ -55,7 +56,23 @@ def objectives_of(space: Space) -> Objectives:
     return Objectives(METRIC, MODE, METRIC, MODE)
 
 
-class ResourceError(RuntimeError):
+@dataclass
+class SearchSession:
+    """A connected cluster and the search's Tuner, ready to fit."""
+
+    context: Any  # Ray's runtime context (dashboard URL)
+    setup: TrialSetup
+    concurrent: int
+    tuner: tune.Tuner
+
+    def describe(self, space: Space) -> str:
+        r = self.setup.resources
+        how = "in its own reused Tune actor" if r.in_process else "as a Ray Train run"
+        return (f"trials: {space.training.num_samples}, at most {self.concurrent} at once, each {r.num_workers} "
+                f"worker(s) x {r.cpus_per_worker:g} CPU / {r.gpus_per_worker:g} GPU, trained {how}")
+
+
+class ResourceError(UserError, RuntimeError):
     """The cluster cannot hold even one trial as the space asks for it."""
 
 
@@ -78,7 +95,7 @@ def plan_resources(cluster: dict[str, float], space: Space) -> tuple[TrialResour
     concurrent = min(fits) if fits else 1
     if spec.max_concurrent_trials is not None:
         concurrent = min(concurrent, spec.max_concurrent_trials)
-    return trial, max(1, min(concurrent, space.num_samples))
+    return trial, max(1, min(concurrent, space.training.num_samples))
 
 
 class FailureAwareOptunaSearch(OptunaSearch):
@@ -110,19 +127,21 @@ def optuna_searcher(space: Space, out_dir: Path) -> OptunaSearch:
         space=DefineByRun(space),
         metric=goal.searcher_metric,
         mode=goal.searcher_mode,
-        sampler=optuna.samplers.TPESampler(seed=space.seed, n_startup_trials=max(2, space.num_samples // 3)),
+        sampler=optuna.samplers.TPESampler(seed=space.training.seed,
+                                           n_startup_trials=max(2, space.training.num_samples // 3)),
         study_name=space.name,
         storage=storage,
     )
 
 
 def scheduler_of(space: Space) -> TrialScheduler:
-    if space.scheduler == "fifo":
+    training = space.training
+    if training.scheduler == "fifo":
         return FIFOScheduler()
     goal = objectives_of(space)
     return ASHAScheduler(time_attr="training_iteration", metric=goal.scheduler_metric, mode=goal.scheduler_mode,
-                         max_t=space.epochs, grace_period=space.grace_period,
-                         reduction_factor=space.reduction_factor)
+                         max_t=training.epochs, grace_period=training.grace_period,
+                         reduction_factor=training.reduction_factor)
 
 
 def trial_setup(space: Space, space_yaml: str, data: str, storage: str, resources: TrialResources) -> TrialSetup:
@@ -130,20 +149,33 @@ def trial_setup(space: Space, space_yaml: str, data: str, storage: str, resource
                       data, storage, resources)
 
 
-def head_pinned(trainable: Callable, **parameters: Any):
-    """A Tune function that reserves no CPU or GPU: only the trial's Ray Train workers hold those.
+def with_trial_resources(trainable: Callable, setup: TrialSetup):
+    """The Tune trainable with what its actor reserves.
 
-    Ray refuses an empty bundle, so the function reserves the little memory it really uses. It
-    runs on the head node (as does its Train controller, in the same placement group), so losing
-    a worker node loses only Train workers, which Ray Train restarts wherever there is room.
+    In-process trials: the worker's CPUs/GPUs, on any node. Ray Train trials: no CPU or GPU (Ray
+    refuses an empty bundle, so the little memory the function really uses), on the head node, as
+    is its Train controller (same placement group), so losing a worker node loses only Train
+    workers, which Ray Train restarts wherever there is room.
     """
-    return tune.with_resources(tune.with_parameters(trainable, **parameters),
-                               {"cpu": 0, "memory": DRIVER_MEMORY_BYTES, HEAD_NODE_RESOURCE: 0.001})
+    resources = setup.resources
+    if resources.in_process:
+        bundle = {"cpu": resources.cpus_per_worker, "gpu": resources.gpus_per_worker}
+    else:
+        bundle = {"cpu": 0, "memory": DRIVER_MEMORY_BYTES, HEAD_NODE_RESOURCE: 0.001}
+    return tune.with_resources(tune.with_parameters(trainable, setup=setup), bundle)
 
 
-def run_config(name: str, storage: str, space: Space, live_metrics: bool = True) -> tune.RunConfig:
-    """Tune's experiment `<storage>/<name>`; a trial's failure is recorded, never retried by Tune."""
-    return tune.RunConfig(name=name, storage_path=storage, failure_config=tune.FailureConfig(max_failures=0),
+def run_config(name: str, setup: TrialSetup, space: Space, live_metrics: bool = True) -> tune.RunConfig:
+    """Tune's experiment `<storage>/<name>`.
+
+    Training errors end their trial as reported faults (search/worker.py), so what reaches Tune as
+    an error is an actor that died (its node lost, killed for memory): an in-process trial is
+    restarted by Tune up to `resources.max_failures` times; a Ray Train trial's workers are
+    restarted by Ray Train instead.
+    """
+    retries = setup.max_failures if setup.resources.in_process else 0
+    return tune.RunConfig(name=name, storage_path=setup.storage,
+                          failure_config=tune.FailureConfig(max_failures=retries),
                           callbacks=[LiveSearchMetrics(space.name, METRIC)] if live_metrics else [], verbose=1)
 
 
@@ -154,18 +186,18 @@ def build_tuner(space: Space, out_dir: Path, setup: TrialSetup, max_concurrent: 
     Resuming restores Tune's experiment state (finished trials stay finished, interrupted ones
     run again from their start) and the pickled OptunaSearch, whose study lives on in the journal.
     """
-    trainable = head_pinned(run_trial, setup=setup)
-    storage = setup.storage
+    trainable = with_trial_resources(run_trial, setup)
     if resume:
-        return tune.Tuner.restore(f"{storage.rstrip('/')}/tune", trainable, resume_unfinished=True,
+        return tune.Tuner.restore(f"{setup.storage.rstrip('/')}/tune", trainable, resume_unfinished=True,
                                   resume_errored=False, restart_errored=False)
     return tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(
             search_alg=optuna_searcher(space, out_dir),
             scheduler=scheduler_of(space),
-            num_samples=space.num_samples,
+            num_samples=space.training.num_samples,
             max_concurrent_trials=max_concurrent,
+            reuse_actors=True,
         ),
-        run_config=run_config("tune", storage, space),
+        run_config=run_config("tune", setup, space),
     )

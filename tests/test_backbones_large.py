@@ -7,7 +7,7 @@ import torch
 from terratorch.models import EncoderDecoderFactory
 from terratorch.registry import BACKBONE_REGISTRY
 
-import em_backbones  # noqa: F401
+import em_backbones.registered  # noqa: F401
 from em_backbones.catalog import get_spec
 from em_backbones.counting import backbone_params, published_params
 from em_backbones.granite import granite_config

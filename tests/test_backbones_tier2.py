@@ -8,7 +8,7 @@ from accelerate import init_empty_weights
 from terratorch.models import EncoderDecoderFactory
 from terratorch.registry import BACKBONE_REGISTRY
 
-import em_backbones  # noqa: F401
+import em_backbones.registered  # noqa: F401
 
 TIER2 = ["em_prithvi", "em_terramind", "em_clay"]
 # (published figure, source) — encoder parameters of the published architecture.

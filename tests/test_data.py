@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 import rasterio
 
-from search.data import DataError, PreparedData, datamodule_init_args, prepare
+from search.data import BadChip, DataError, PreparedData, datamodule_init_args, prepare, split_chips
 from tests.conftest import TEST_CHIP, VAL_CHIP
 
 
 def _prepare(root, out, **kw):
     args = dict(layout="terramesh", modalities=["S1RTC", "S2L2A"], num_classes=10, tile_size=112,
-                val_chips=[VAL_CHIP], test_chips=[TEST_CHIP], seed=0)
+                val_chips=[VAL_CHIP], test_chips=[TEST_CHIP], seed=0, warn=lambda line: None)
     args.update(kw)
     return prepare(root, out=out, **args)
 
@@ -62,6 +62,39 @@ def test_split_by_seed_when_chips_are_not_named(real_chips, tmp_path):
     assert a.splits == b.splits and len(a.splits["val"]) == 1 and len(a.splits["test"]) == 1
 
 
+def hist(*shares: float, pixels: int = 1000) -> np.ndarray:
+    return np.array([round(s * pixels) for s in shares], dtype=np.int64)
+
+
+def test_unnamed_validation_holds_several_chips_with_every_class_in_the_datas_proportions():
+    """Ten chips of a two-class task, water share 0..0.9: validation and test get two chips each, both classes,
+    water shares near the whole data's (0.29); a water-free or all-water validation would not rank anything."""
+    shares = [0.0, 0.0, 0.0, 0.02, 0.05, 0.3, 0.45, 0.5, 0.67, 0.9]
+    histograms = {f"chip{i}": hist(1 - w, w) for i, w in enumerate(shares)}
+    overall = sum(histograms.values())
+    for seed in range(5):
+        splits = split_chips(histograms, [], [], seed)
+        assert [len(splits[s]) for s in ("train", "val", "test")] == [6, 2, 2]
+        for split, chips in splits.items():
+            total = sum(histograms[c] for c in chips)
+            assert (total > 0).all(), (seed, split, chips)  # both classes in every split
+            if split != "train":
+                assert abs(total[1] / total.sum() - overall[1] / overall.sum()) < 0.06, (seed, split, chips)
+    assert len({tuple(split_chips(histograms, [], [], seed)["val"]) for seed in range(5)}) > 1  # the seed matters
+
+
+def test_named_chips_stay_where_they_are_named_and_the_rest_is_chosen():
+    histograms = {f"chip{i}": hist(0.5, 0.5) for i in range(6)}
+    splits = split_chips(histograms, ["chip3"], [], seed=0)
+    assert splits["val"] == ["chip3"] and len(splits["test"]) == 1 and "chip3" not in splits["train"]
+
+
+def test_a_split_that_ends_up_empty_is_one_line(real_chips, tmp_path):
+    with pytest.raises(DataError, match=r"^data: need at least one training and one validation chip; 2 usable "
+                                        r"chip\(s\) give train 0, val 1, test 1$"):
+        split_chips({"a": hist(1, 0), "b": hist(0, 1)}, ["a"], ["b"], seed=0)
+
+
 def _copy_chips(real_chips, dst):
     for folder in ("S1RTC", "S2L2A", "LULC"):
         shutil.copytree(real_chips / folder, dst / folder, copy_function=shutil.copyfile)
@@ -76,33 +109,63 @@ def _rewrite(path, array, dtype="float32"):
         dst.write(array.astype(dtype))
 
 
-def test_wrong_band_count_names_the_file(real_chips, tmp_path):
+BAD_CHIPS = [  # (folder, how to break the chip, the reason a warning line gives)
+    ("S1RTC", lambda p: _rewrite(p, np.zeros((3, 224, 224))), "S1RTC needs 2 bands, found 3"),
+    ("LULC", lambda p: _rewrite(p, np.zeros((1, 200, 224)), dtype="uint8"), "label is 200x224 but S1RTC is 224x224"),
+    ("S1RTC", lambda p: _rewrite(p, np.full((2, 224, 224), np.nan)), "every pixel is NaN"),
+    ("LULC", lambda p: _rewrite(p, np.full((1, 224, 224), -1), dtype="int16"), "no labelled pixel"),
+    ("LULC", lambda p: _rewrite(p, np.full((1, 224, 224), 12), dtype="int16"), "label value 12 >= data.num_classes=10"),
+    ("S2L2A", lambda p: p.unlink(), "missing; the chip has a label but not this modality"),
+]
+
+
+@pytest.mark.parametrize("folder, damage, reason", BAD_CHIPS)
+def test_a_bad_chip_is_skipped_with_one_warning_naming_file_and_reason(real_chips, tmp_path, folder, damage, reason):
     root = _copy_chips(real_chips, tmp_path / "chips")
-    bad = root / "S1RTC" / f"{VAL_CHIP}.tif"
-    _rewrite(bad, np.zeros((3, 224, 224)))
-    with pytest.raises(DataError, match=rf"{bad}: S1RTC needs 2 bands, found 3"):
-        _prepare(root, tmp_path / "data")
+    bad = root / folder / "282D_485L_3_3.tif"  # a training chip: the named val/test chips stay
+    damage(bad)
+    warnings: list[str] = []
+    prepared = _prepare(root, tmp_path / "data", warn=warnings.append)
+    assert len(warnings) == 1 and warnings[0].startswith("warning: skipping chip 282D_485L_3_3: ")
+    assert reason in warnings[0] and str(root) in warnings[0]
+    assert [b["chip"] for b in prepared.bad_chips] == ["282D_485L_3_3"] and reason in prepared.bad_chips[0]["reason"]
+    assert "282D_485L_3_3" not in sum(prepared.splits.values(), [])
+    assert not any(t.startswith("282D_485L_3_3") for t in prepared.tiles["train"])
+    assert PreparedData.load(prepared.root).bad_chips == prepared.bad_chips  # summary.json and the report read it
 
 
-def test_label_size_mismatch_names_the_file(real_chips, tmp_path):
+@pytest.mark.parametrize("folder, damage, reason", BAD_CHIPS[:3])
+def test_on_bad_chip_error_makes_it_fatal(real_chips, tmp_path, folder, damage, reason):
     root = _copy_chips(real_chips, tmp_path / "chips")
-    bad = root / "LULC" / f"{VAL_CHIP}.tif"
-    _rewrite(bad, np.zeros((1, 200, 224)), dtype="uint8")
-    with pytest.raises(DataError, match=r"label is 200x224 but S1RTC is 224x224"):
-        _prepare(root, tmp_path / "data")
+    bad = root / folder / "282D_485L_3_3.tif"
+    damage(bad)
+    with pytest.raises(BadChip) as err:
+        _prepare(root, tmp_path / "data", on_bad_chip="error")
+    assert reason in str(err.value) and "\n" not in str(err.value)
 
 
-def test_all_nan_chip_is_refused(real_chips, tmp_path):
+def test_a_named_chip_that_is_bad_is_one_line(real_chips, tmp_path):
     root = _copy_chips(real_chips, tmp_path / "chips")
-    bad = root / "S1RTC" / f"{TEST_CHIP}.tif"
-    _rewrite(bad, np.full((2, 224, 224), np.nan))
-    with pytest.raises(DataError, match="every pixel is NaN"):
-        _prepare(root, tmp_path / "data")
+    _rewrite(root / "S1RTC" / f"{VAL_CHIP}.tif", np.full((2, 224, 224), np.nan))
+    with pytest.raises(DataError, match=rf"data.val_chips/test_chips: chip '{VAL_CHIP}' is unusable \(every pixel"):
+        _prepare(root, tmp_path / "data", warn=lambda line: None)
+
+
+def test_tiles_without_a_labelled_pixel_are_dropped(real_chips, tmp_path):
+    root = _copy_chips(real_chips, tmp_path / "chips")
+    label = root / "LULC" / "282D_485L_3_3.tif"
+    with rasterio.open(label) as src:
+        values = src.read().astype(np.int16)
+    values[:, :112, :112] = -1  # one of the chip's four 112 px tiles has no label
+    _rewrite(label, values, dtype="int16")
+    prepared = _prepare(root, tmp_path / "data")
+    assert prepared.unlabelled_tiles == 1 and "282D_485L_3_3__r0_c0" not in prepared.tiles["train"]
+    assert len(prepared.tiles["train"]) == 11
 
 
 def test_missing_modality_folder_and_missing_root(real_chips, tmp_path):
     root = _copy_chips(real_chips, tmp_path / "chips")
-    with pytest.raises(DataError, match="lacks the folder S2L1C/"):
+    with pytest.raises(DataError, match="lacks the folder S2L1C/"):  # a layout problem, not one bad chip: fatal
         _prepare(root, tmp_path / "data", modalities=["S1RTC", "S2L1C"])
     with pytest.raises(DataError, match="is not a directory"):
         _prepare(tmp_path / "absent", tmp_path / "data2")
@@ -125,6 +188,23 @@ def test_sen1floods11_layout(real_chips, tmp_path):
         _rewrite(label, water, dtype="int16")
     prepared = prepare(root, "sen1floods11", ["S1GRD", "S2L1C"], 2, 112, tmp_path / "data", [VAL_CHIP], [], 0)
     assert prepared.modalities == ["S1GRD", "S2L1C"]
-    assert sum(len(t) for t in prepared.tiles.values()) == 20
+    assert sum(len(t) for t in prepared.tiles.values()) == 20 - prepared.unlabelled_tiles
     with rasterio.open(prepared.label_dir / f"{prepared.tiles['val'][0]}.tif") as src:
         assert src.read().min() == -1
+
+
+def test_packaged_flood_sample_skips_its_two_unusable_chips(tmp_path):
+    """The packaged Sen1Floods11 copy: 12 real chips, Paraguay's S1 all NaN and Ghana_83483 unlabelled."""
+    from search.data import sample_root
+
+    warnings: list[str] = []
+    prepared = prepare(sample_root("sen1floods11"), "sen1floods11", ["S1GRD"], 2, 128, tmp_path / "data", [], [], 0,
+                       warn=warnings.append)
+    assert sorted((b["chip"], b["reason"]) for b in prepared.bad_chips) == [
+        ("Ghana_83483", "no labelled pixel (every label is -1/no data)"),
+        ("Paraguay_34417", "every pixel is NaN/no-data")]
+    assert len(warnings) == 2
+    assert sum(len(v) for v in prepared.splits.values()) == 10
+    assert [len(prepared.splits[s]) for s in ("train", "val", "test")] == [6, 2, 2]
+    for split in ("train", "val", "test"):
+        assert all(v > 0 for v in prepared.class_pixels[split]), split  # water and land in every split

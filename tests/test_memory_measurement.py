@@ -7,7 +7,7 @@ import pytest
 import torch
 from terratorch.tasks import SemanticSegmentationTask
 
-import em_backbones  # noqa: F401
+import em_backbones.registered  # noqa: F401
 from search.memory_meter import PeakMemoryMeter
 
 

@@ -10,11 +10,11 @@ from peft.tuners.lora import bnb as lora_bnb
 from terratorch.models import EncoderDecoderFactory
 from terratorch.registry import BACKBONE_REGISTRY
 
-import em_backbones  # noqa: F401
+import em_backbones.registered  # noqa: F401
 from em_backbones.estimate import estimate, quantized_weight_bytes
 from em_backbones.memory import weight_bytes
 from em_backbones.quantization import QuantizedExperts
-from em_backbones.techniques import Techniques
+from em_backbones.techniques_config import Techniques
 from search.memory_bench import validation_rows
 from search.probe import probe, real_batch
 

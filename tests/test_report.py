@@ -14,10 +14,10 @@ import yaml
 
 from search.__main__ import main
 from search.asha_bench import epochs_to_target
-from search.confirm import CONFIRM_SCHEMA, aggregate, candidates, spread
+from search.confirm import CONFIRM_SCHEMA, aggregate, candidates, reference_summary, spread
 from search.export import write_results
 from search.front import pareto_front, pick_on_front
-from search.report import asha_rungs, write_report
+from search.report import asha_rungs, importances, write_report
 from search.results import SCHEMA, to_table
 from search.space import parse_space
 from tests.conftest import small_space
@@ -71,17 +71,21 @@ def test_spread_is_mean_sample_std_and_iqm_from_four_runs():
     three = spread([0.2, 0.4, 0.9])
     assert three["iqm"] is None and three["std"] == pytest.approx(0.3605551, rel=1e-6)
     assert spread([])["mean"] is None
+    # Defect: one run reported std 0.0; a standard deviation of one value is undefined.
+    assert spread([0.3]) == {"mean": 0.3, "std": None, "iqm": None, "n": 1}
 
 
 def confirm_rows() -> list[dict]:
     rows = []
     for rank, source, vals, tests in ((1, "t3", [0.10, 0.12, 0.14], [0.09, 0.10, 0.14]),
-                                      (2, "t1", [0.40, 0.38, None], [0.35, 0.33, None])):
+                                      (2, "t1", [0.40, 0.38, None], [0.35, 0.33, None]),
+                                      (0, None, [0.08, 0.09, 0.10], [0.05, 0.06, 0.07])):
         for seed, (val, test) in enumerate(zip(vals, tests)):
             done = val is not None
             rows.append({**row(f"c{rank}{seed}", val, 0.1 if done else None,
                                status="completed" if done else "failed"),
-                         "rank": rank, "source_trial_id": source, "seed": seed, "test_miou": test})
+                         "rank": rank, "role": "reference" if rank == 0 else "candidate", "source_trial_id": source,
+                         "seed": seed, "test_miou": test})
     return rows
 
 
@@ -93,6 +97,8 @@ def test_aggregate_puts_search_val_next_to_retrained_val_and_test():
     assert first["val_miou"]["mean"] == pytest.approx(0.12) and first["test_miou"]["mean"] == pytest.approx(0.11)
     assert first["test_miou"]["std"] == pytest.approx(np.std([0.09, 0.10, 0.14], ddof=1))
     assert second["runs"] == 3 and second["completed"] == 2  # a failed seed is counted, not averaged
+    reference = reference_summary(confirm_rows())
+    assert reference["completed"] == 3 and reference["test_miou"]["mean"] == pytest.approx(0.06)
 
 
 def test_compute_to_target_counts_trial_epochs_in_proposal_order():
@@ -120,9 +126,19 @@ def run_dir(tmp_path):
     import pyarrow as pa
 
     write_results(pa.Table.from_pylist(confirm_rows(), schema=CONFIRM_SCHEMA), tmp_path / "confirm.parquet")
+    from search.verdict import comparisons
+
+    held_out, reference = aggregate(confirm_rows(), ROWS), reference_summary(confirm_rows())
+    baselines = [{"name": "majority (train)", "kind": "constant", "val_miou": 0.05, "test_miou": 0.04, "detail": "x"},
+                 {"name": "pixel classifier", "kind": "pixel_classifier", "val_miou": 0.2, "test_miou": 0.15,
+                  "detail": "y"}]
     (tmp_path / "summary.json").write_text(json.dumps({
-        "best_trial": "t3", "majority_class_val_miou": 0.05, "wall_seconds": 120.0,
-        "held_out": aggregate(confirm_rows(), ROWS)}))
+        "best_trial": "t3", "wall_seconds": 120.0, "held_out": held_out, "reference_cnn": reference,
+        "baselines": baselines, "comparisons": comparisons(ROWS[3], held_out, reference, baselines),
+        "bad_chips": [{"chip": "Paraguay_34417", "file": "S1Hand/Paraguay_34417_S1Hand.tif",
+                       "reason": "every pixel is NaN/no-data"}], "splits": {"train": ["a"], "val": ["b"], "test": []},
+        "tiles": {"train": 4, "val": 4, "test": 0}, "class_pixels": {"train": [1, 2], "val": [3, 4], "test": [0, 0]},
+        "unlabelled_tiles_dropped": 2, "timings": {"search": 120.0}}))
     return tmp_path
 
 
@@ -141,6 +157,11 @@ def test_report_page_is_self_contained_and_states_the_findings(run_dir):
     assert "nan_loss" in page and "over_memory_budget" in page
     assert "0.1200 ± 0.0200" in page and "0.1100 ± 0.0265" in page  # rank 1: val and test over three seeds
     assert "No importances: no Optuna study to read" in page  # this directory has no journal
+    # The baselines, the reference CNN and the verdict against each; the skipped chip with its reason.
+    verdicts = page[page.index("Does the winner beat the baselines?"):page.index("Accuracy vs memory")]
+    assert "pixel classifier" in verdicts and "small CNN (tier-0 U-Net)" in verdicts and "beyond noise" in verdicts
+    assert "behind" in verdicts  # the pixel classifier's 0.2 val beats the winner's 0.12
+    assert "Paraguay_34417" in page and "every pixel is NaN/no-data" in page
 
 
 def test_report_of_a_directory_without_a_run_is_a_one_line_error(tmp_path, capsys):
@@ -155,16 +176,18 @@ def test_asha_bench_arms_differ_only_in_scheduler_and_skip_the_held_out_stage():
 
     raw = small_space(None, **{"evaluation.top_k": 3})
     arms = {s: parse_space(arm_space(raw, s)) for s in ("asha", "fifo")}
-    assert (arms["asha"].scheduler, arms["fifo"].scheduler) == ("asha", "fifo")
+    assert (arms["asha"].training.scheduler, arms["fifo"].training.scheduler) == ("asha", "fifo")
     assert arms["asha"].evaluation.top_k == arms["fifo"].evaluation.top_k == 0
     assert arms["asha"].name == "test-asha" and arms["fifo"].name == "test-fifo"
-    same = ("tiers", "seed", "num_samples", "epochs", "learning_rate", "gradient_checkpointing", "data")
+    same = ("tiers", "techniques", "data")
     assert all(getattr(arms["asha"], f) == getattr(arms["fifo"], f) for f in same)
+    training = ("seed", "num_samples", "epochs", "learning_rate")
+    assert all(getattr(arms["asha"].training, f) == getattr(arms["fifo"].training, f) for f in training)
     assert raw["evaluation"] == {"top_k": 3}  # the user's space is not changed
 
 
 def test_held_out_lines_print_mean_std_and_iqm_per_candidate():
-    from search.run import held_out_lines
+    from search.summary import held_out_lines
 
     entry = {"rank": 1, "backbone": "em_clay", "source_trial_id": "t1", "search_val_miou": 0.07, "completed": 4,
              "runs": 4, "val_miou": {"mean": 0.065, "std": 0.004, "iqm": 0.0645},
@@ -175,3 +198,29 @@ def test_held_out_lines_print_mean_std_and_iqm_per_candidate():
                         "test 0.0420 ± 0.0600 (4/4 seeds)")
     assert lines[3] == "  #2 em_prithvi: no seed completed"
     assert held_out_lines([]) == []
+
+
+def test_importances_leave_out_infeasible_trials_that_never_trained(tmp_path):
+    """Defect: trials recorded infeasible entered fANOVA with their placeholder objective 0."""
+    import optuna
+
+    from search.study import journal_storage
+
+    space = parse_space(small_space(None, **{"techniques.quantization_bits": [4, 16]}))
+    study = optuna.create_study(study_name=space.name, storage=journal_storage(tmp_path), direction="maximize")
+    rng = np.random.default_rng(0)
+    for i in range(12):
+        feasible = i % 3 != 0
+        bits = 4 if feasible else 16  # only infeasible trials ever had 16 bits
+        lr = float(rng.uniform(1e-4, 1e-3))
+        trial = optuna.trial.create_trial(
+            params={"learning_rate": lr, "quantization_bits": bits, "batch_size": 4 + i % 2},
+            distributions={"learning_rate": optuna.distributions.FloatDistribution(1e-4, 1e-3),
+                           "quantization_bits": optuna.distributions.CategoricalDistribution([4, 16]),
+                           "batch_size": optuna.distributions.CategoricalDistribution([4, 5])},
+            value=lr * 1000 if feasible else 0.0)
+        trial.set_constraint("predicted_gb_over_budget", -1.0 if feasible else 5.0)  # what DefineByRun records
+        study.add_trial(trial)
+    scores, note = importances(space, tmp_path)
+    assert note is None and "quantization_bits" not in scores["val mIoU per GB"]
+    assert max(scores["val mIoU per GB"], key=scores["val mIoU per GB"].get) == "learning_rate"

@@ -6,20 +6,24 @@ import optuna
 import pytest
 
 from search.space import DefineByRun, SpaceError, backbone_param, load_space, parse_space
-from tests.conftest import small_space
+from tests.conftest import REPO, small_space
 
 
 def test_valid_space_loads_with_every_field(write_space):
     space = load_space(write_space(small_space(None)))
     assert space.tiers == {2: ("em_prithvi", "em_terramind", "em_clay")}
-    assert space.gradient_checkpointing == (False, True)
-    assert space.learning_rate == (3e-4, 3e-3)
-    assert space.epochs == 2 and space.num_samples == 4 and space.data.tile_size == 112
+    assert space.techniques.choices["gradient_checkpointing"] == (False, True)
+    assert space.techniques.fixed == {"quant_type": "nf4", "double_quant": True, "lora_alpha": None,
+                                      "lora_dropout": 0.0}
+    assert space.training.learning_rate == (3e-4, 3e-3)
+    assert space.training.epochs == 2 and space.training.num_samples == 4 and space.data.tile_size == 112
 
 
-def test_repo_space_files_load():
-    space = load_space("spaces/tier2.yaml")
-    assert space.scale == "tiny" and space.num_samples >= 6 and space.epochs > space.grace_period
+@pytest.mark.parametrize("path", sorted(str(p) for p in REPO.glob("spaces/*.yaml")))
+def test_repo_space_files_load(path):
+    space = load_space(path)
+    assert space.scale == "tiny" and space.training.num_samples >= 6
+    assert space.training.epochs > space.training.grace_period
 
 
 @pytest.mark.parametrize("overrides, fragment", [
@@ -53,6 +57,17 @@ def test_repo_space_files_load():
     ({"evaluation.top_k": -1}, "field 'evaluation.top_k': expected an integer >= 0"),
     ({"evaluation.seeds": 0}, "field 'evaluation.seeds': expected an integer >= 1"),
     ({"evaluation.repeats": 3}, "unknown field 'evaluation.repeats'"),
+    ({"evaluation.reference_cnn": "yes"}, "field 'evaluation.reference_cnn': expected true or false"),
+    ({"data.on_bad_chip": "ignore"}, "field 'data.on_bad_chip': expected 'skip' or 'error', got 'ignore'"),
+    ({"data.val_fraction": 1.5}, "field 'data.val_fraction': expected a number in [0, 1)"),
+    ({"data.val_chips": "433D_629L_3_1"}, "field 'data.val_chips': expected a list of chip ids"),
+    # Defect: the same chip in both held-out splits emptied validation and failed every trial in TerraTorch.
+    ({"data.val_chips": ["433D_629L_3_1"], "data.test_chips": ["433D_629L_3_1"]},
+     "field 'data.test_chips': expected chips not also in data.val_chips (a chip belongs to one split; "
+     "'433D_629L_3_1' is in both)"),
+    # Defect: a batch of one failed every trial in UperNet's pyramid pooling BatchNorm ("Expected more than 1 value").
+    ({"training.batch_size": [1, 4]}, "field 'training.batch_size': expected sizes >= 2 with decoder.name "
+     "UperNetDecoder"),
 ])
 def test_bad_field_names_itself_in_one_line(write_space, overrides, fragment):
     path = write_space(small_space(None, **overrides))
@@ -107,3 +122,35 @@ def test_tile_size_must_fit_every_chosen_backbones_patch_stride(write_space):
     assert load_space(write_space(small_space(None, tiers=tiers))).data.tile_size == 112  # 7 x 16 and 4 x 28
     with pytest.raises(SpaceError, match=r"field 'data.tile_size': expected a multiple of 28 \(internvl2_4b's"):
         load_space(write_space(small_space(None, tiers=tiers, **{"data.tile_size": 96})))
+
+
+def test_batch_of_one_is_fine_with_a_decoder_without_batchnorm_pooling(write_space):
+    space = load_space(write_space(small_space(None, **{"training.batch_size": [1], "decoder.name": "FCNDecoder"})))
+    assert space.training.batch_size == (1,)
+
+
+def test_technique_schema_comes_from_the_techniques_declaration(write_space):
+    """Searched knobs take a list, fixed knobs one value, both checked by Techniques' own rules."""
+    from em_backbones.techniques_config import searched_knobs, technique_knobs
+
+    space = load_space(write_space(small_space(None, **{"techniques.lora_rank": [0, 8], "techniques.lora_alpha": 4})))
+    assert list(space.techniques.choices) == searched_knobs() == ["quantization_bits", "lora_rank",
+                                                                  "gradient_checkpointing"]
+    assert set(space.techniques.fixed) | set(space.techniques.choices) == set(technique_knobs())
+    sampled = space.techniques.of({"quantization_bits": 4, "lora_rank": 8, "gradient_checkpointing": True})
+    assert (sampled.lora_rank, sampled.lora_alpha, sampled.quant_type) == (8, 4, "nf4")
+    assert sampled.backbone_args()["backbone_lora_rank"] == 8
+
+
+def test_planning_side_imports_no_model_stack():
+    """The driver validates and plans without torch, TerraTorch or transformers (each costs seconds to import)."""
+    import subprocess
+    import sys
+
+    probe = ("import sys, search.space, search.data, search.results, search.summary, search.baselines, "
+             "search.terratorch_config, search.verdict; "
+             "print(sorted(m for m in ('torch', 'terratorch', 'transformers', 'lightning', 'peft', 'bitsandbytes') "
+             "if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-1000:]
+    assert result.stdout.strip().splitlines()[-1] == "[]"
