@@ -42,11 +42,32 @@ def test_bad_space_or_data_root_exits_2_and_leaves_nothing(overrides, fragment, 
 
 
 def test_bad_chip_found_after_the_run_directory_was_claimed_removes_it(write_space, real_chips, tmp_path, capsys):
+    """With `data.on_bad_chip: error` the first bad chip is fatal (by default it is skipped with a warning)."""
     root = _copy_chips(real_chips, tmp_path / "chips")
     _rewrite(root / "S2L2A" / f"{TEST_CHIP}.tif", np.zeros((5, 224, 224)))
     out = tmp_path / "run"
-    code, err = run_cli([str(write_space(small_space(root))), "--out", str(out)], capsys)
+    space = small_space(root, **{"data.on_bad_chip": "error"})
+    code, err = run_cli([str(write_space(space)), "--out", str(out)], capsys)
     assert_refused(code, err, f"{TEST_CHIP}.tif: S2L2A needs 12 bands, found 5")
+    assert not out.exists()
+
+
+def test_skipped_chips_that_leave_a_split_empty_stop_the_run_in_one_line(write_space, real_chips, tmp_path, capsys):
+    root = _copy_chips(real_chips, tmp_path / "chips")
+    for chip in ("282D_485L_3_3", "38D_378R_2_3", "609U_541L_3_0"):  # every training chip: all NaN
+        _rewrite(root / "S1RTC" / f"{chip}.tif", np.full((2, 224, 224), np.nan))
+    out = tmp_path / "run"
+    code, err = run_cli([str(write_space(small_space(root))), "--out", str(out)], capsys)
+    assert_refused(code, err, "data: need at least one training and one validation chip; 2 usable chip(s) give "
+                              "train 0, val 1, test 1")
+    assert not out.exists()
+
+
+def test_a_batch_larger_than_the_training_tiles_is_one_line(write_space, real_chips, tmp_path, capsys):
+    out = tmp_path / "run"
+    space = small_space(real_chips, **{"training.batch_size": [64]})
+    assert_refused(*run_cli([str(write_space(space)), "--out", str(out)], capsys),
+                   "training.batch_size: 64 is more than the 12 training tiles each of 1 worker(s) gets")
     assert not out.exists()
 
 

@@ -21,6 +21,8 @@ from search.run import run_search
 from tests.conftest import REPO, small_space
 from tests.local_cluster import start_two_node_cluster
 
+TRIAL_ACTOR = "ImplicitFunc"  # a single-worker trial trains in its Tune actor (a function trainable, reused)
+
 
 def prithvi_space(real_chips, **overrides) -> dict:
     return small_space(real_chips, tiers={2: ["em_prithvi"]}, **{
@@ -103,7 +105,7 @@ def test_search_joins_a_two_node_cluster_uses_both_nodes_and_is_visible_in_the_d
     result_nodes = {node for r in rows for node in r["worker_node_ids"]}
     cluster_nodes = {n["node_id"] for n in two_nodes.get("/api/v0/nodes")["data"]["result"]["result"]}
     assert result_nodes == cluster_nodes and len(cluster_nodes) == 2
-    assert {a["node_id"] for a in two_nodes.actors("RayTrainWorker")} == result_nodes
+    assert {a["node_id"] for a in two_nodes.actors(TRIAL_ACTOR)} == result_nodes
     # Both nodes' single CPU busy at once: two trials on different nodes ran side by side.
     overlaps = [(min(a["finished_at"], b["finished_at"]) - max(a["started_at"], b["started_at"])).total_seconds()
                 for a, b in itertools.combinations(rows, 2) if a["worker_node_ids"] != b["worker_node_ids"]]
@@ -114,7 +116,10 @@ def test_search_joins_a_two_node_cluster_uses_both_nodes_and_is_visible_in_the_d
     for name in ("space.yaml", "results.parquet", "best.yaml", "summary.json", "data/prepared.json"):
         assert (mirrored / name).is_file(), name
     assert (mirrored / "data").is_dir() and (mirrored / "tune").is_dir()
-    assert sorted(p.name for p in (mirrored / "train").iterdir()) == sorted(r["trial_id"] for r in rows)
+    trial_dirs = sorted(p.name for p in (mirrored / "tune").glob("run_trial_*") if p.is_dir())
+    assert len(trial_dirs) == 3 and all(any(d.startswith(f"run_trial_{r['trial_id']}") for d in trial_dirs)
+                                        for r in rows)
+    assert not (mirrored / "train").exists()  # single-worker trials train in their Tune actors: no Ray Train runs
 
     # Live metrics reached the nodes' Prometheus endpoints while the search ran.
     assert done_seen and max(done_seen) >= 2
@@ -123,7 +128,8 @@ def test_search_joins_a_two_node_cluster_uses_both_nodes_and_is_visible_in_the_d
 
 
 def test_trials_on_a_lost_node_are_retried_on_the_surviving_one(two_nodes, real_chips, tmp_path):
-    """Runs after the test above on the same cluster: it kills the second node for good."""
+    """Runs after the test above on the same cluster: it kills the second node for good. The trial whose
+    actor died with the node is restarted by Tune (`resources.max_failures`) on the head."""
     space_file = tmp_path / "space.yaml"
     space_file.write_text(yaml.safe_dump(prithvi_space(real_chips, name="nodeloss", **{
         "training.num_samples": 2, "training.epochs": 2, "training.grace_period": 2})))
@@ -137,7 +143,7 @@ def test_trials_on_a_lost_node_are_retried_on_the_surviving_one(two_nodes, real_
                               text=True)
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and search.poll() is None:
-        if any(a["node_id"] == lost and a["state"] == "ALIVE" for a in two_nodes.actors("RayTrainWorker")):
+        if any(a["node_id"] == lost and a["state"] == "ALIVE" for a in two_nodes.actors(TRIAL_ACTOR)):
             break
         time.sleep(1)
     else:
@@ -151,9 +157,9 @@ def test_trials_on_a_lost_node_are_retried_on_the_surviving_one(two_nodes, real_
 
     rows = pq.read_table(out / "results.parquet").to_pylist()
     assert [r["status"] for r in rows] == ["completed", "completed"], [r["error"] for r in rows]
-    # Both trials finished on the head: the one that lost its node was restarted there by Ray Train.
+    # Both trials finished on the head: the one that lost its node was restarted there by Tune.
     assert all(r["worker_node_ids"] == [head] for r in rows)
-    lost_workers = [a for a in two_nodes.actors("RayTrainWorker") if a["node_id"] == lost]
+    lost_workers = [a for a in two_nodes.actors(TRIAL_ACTOR) if a["node_id"] == lost]
     assert lost_workers and all(a["state"] == "DEAD" for a in lost_workers)
 
 

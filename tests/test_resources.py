@@ -46,8 +46,8 @@ def test_fractional_gpus_pack_the_capacity_tables_trials_onto_one_node():
 
 
 def test_trial_processes_that_do_not_train_import_no_model_stack():
-    """The Tune function and the Train controller of every trial import search.trial; keeping TerraTorch,
-    Lightning and bitsandbytes out of them saves ~30 s of CPU per trial (README: start-up cost)."""
+    """Tune pickles search.trial into every trial actor and a DDP trial's Train controller imports it; neither
+    imports TerraTorch, Lightning or bitsandbytes until something trains there (README: start-up cost)."""
     import subprocess
     import sys
 

@@ -1,0 +1,66 @@
+"""Warm trials: one Tune actor trains trial after trial, and nothing of one trial leaks into the next.
+
+A real Tune run (the held-out stage's Tuner, one slot) trains three configurations in one reused
+process: small, big, small. The second small run must repeat the first bit for bit (same seed,
+same curve, same loss, same memory) although its process has since trained a model four times its
+size: no seed, thread setting, registry state or memory peak carries over.
+"""
+
+from __future__ import annotations
+
+import pytest
+import ray
+import yaml
+
+from search.confirm import confirm_tuner, confirmation_rows
+from search.data import prepare
+from search.space import parse_space
+from search.trial import TrialResources, TrialSetup
+from tests.conftest import TEST_CHIP, VAL_CHIP, small_space
+
+
+def config(batch_size: int, rank: int) -> dict:
+    return {"tier": 2, "backbone": "em_prithvi", "quantization_bits": 16, "lora_rank": 0,
+            "gradient_checkpointing": False, "learning_rate": 1e-3, "batch_size": batch_size, "predicted_gb": None,
+            "trial_number": None, "rank": rank, "role": "candidate", "source_trial_id": f"s{rank}"}
+
+
+@pytest.fixture(scope="module")
+def sequence(real_chips, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("warm")
+    raw = small_space(real_chips, tiers={2: ["em_prithvi"]}, **{
+        "training.epochs": 2, "training.batch_size": [2, 8], "evaluation.seeds": 1})
+    space = parse_space(raw, "space.yaml")
+    prepared = prepare(real_chips, "terramesh", ["S1RTC", "S2L2A"], 10, 112, tmp / "data", [VAL_CHIP], [TEST_CHIP],
+                       0, warn=lambda line: None)
+    setup = TrialSetup(yaml.safe_dump(raw), "space.yaml", None, 0, str(prepared.root), str(tmp),
+                       TrialResources(1, 1.0, 0.0))
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        grid = confirm_tuner(space, [config(2, 1), config(8, 2), config(2, 3)], setup, max_concurrent=1).fit()
+    finally:
+        ray.shutdown()
+    return sorted(confirmation_rows(grid, space), key=lambda r: r["rank"])
+
+
+def test_one_process_trains_every_trial_and_imports_once(sequence):
+    assert [r["status"] for r in sequence] == ["completed"] * 3, [r["error"] for r in sequence]
+    assert len({r["pid"] for r in sequence}) == 1
+    assert [r["trials_before_in_process"] for r in sequence] == [0, 1, 2]
+    first, *later = sequence
+    assert first["import_seconds"] > 1.0 and all(r["import_seconds"] == 0.0 for r in later)
+    assert all(r["setup_seconds"] < first["setup_seconds"] + first["import_seconds"] for r in later)
+
+
+def test_same_seed_is_bit_identical_in_a_fresh_and_a_reused_process(sequence):
+    fresh, _, reused = sequence
+    assert reused["val_miou_per_epoch"] == fresh["val_miou_per_epoch"]
+    assert reused["train_loss"] == fresh["train_loss"] and reused["test_miou"] == fresh["test_miou"]
+
+
+def test_each_trial_reports_its_own_peak_after_a_larger_one(sequence):
+    small, big, small_again = sequence
+    assert big["activation_gb"] > 3.5 * small["activation_gb"]  # batch 8 against batch 2
+    assert big["peak_gb"] > small["peak_gb"] + 0.03
+    assert small_again["peak_gb"] == small["peak_gb"]
+    assert small_again["activation_gb"] == small["activation_gb"] < big["activation_gb"]
