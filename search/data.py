@@ -373,6 +373,8 @@ def datamodule_init_args(prepared: PreparedData, batch_size: int) -> dict:
         "no_data_replace": 0.0,
         "no_label_replace": IGNORE_INDEX,
         "drop_last": True,
+        # Every tile has the same size by construction; TerraTorch's check re-reads samples per loader.
+        "check_stackability": False,
     }
     if any(m.startswith("S2") for m in prepared.modalities):
         args["rgb_indices"] = {next(m for m in prepared.modalities if m.startswith("S2")): [3, 2, 1]}

@@ -25,7 +25,7 @@ from search.errors import UserError
 from search.export import write_results
 
 DEFAULT_PEER_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "bench" / "terratorch-iterate"
-PEER_LINE = re.compile(r"terratorch-iterate: trials=(\d+) wall_s=([\d.]+) best_val_mIoU=([\d.]*)")
+PEER_LINE = re.compile(r"terratorch-iterate: trials=(\d+) wall_s=(\d+(?:\.\d+)?) best_val_mIoU=(\d+(?:\.\d+)?)?")
 
 
 @dataclass(frozen=True)

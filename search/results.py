@@ -57,7 +57,8 @@ SCHEMA = pa.schema([
     ("pid", pa.int64()),  # the process that trained it, and how many trials it had trained before (0: fresh)
     ("trials_before_in_process", pa.int64()),
     ("import_seconds", pa.float64()),  # importing the model stack (0 in a warm process)
-    ("setup_seconds", pa.float64()),  # config, datamodule, model and Trainer built, before the first batch
+    ("setup_seconds", pa.float64()),  # config, datamodule, model and Trainer built
+    ("fit_setup_seconds", pa.float64()),  # then Lightning's set-up inside fit, until the first batch
     ("rss_mb_at_start", pa.float64()),
 ])
 NOT_EPOCH_REPORTS = ("fault", "infeasible", "test_miou")  # reports a trial makes besides its epochs
@@ -151,6 +152,7 @@ def trial_rows(result_grid, max_epochs: int, scale: str, budget_gb: float | None
             "trials_before_in_process": metrics.get("trials_before_in_process"),
             "import_seconds": _float(metrics.get("import_seconds")),
             "setup_seconds": _float(metrics.get("setup_seconds")),
+            "fit_setup_seconds": _float(metrics.get("fit_setup_seconds")),
             "rss_mb_at_start": _float(metrics.get("rss_mb_at_start")),
         })
         row["started_at"], row["finished_at"] = _span(metrics)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -121,6 +122,10 @@ def run_search(space_path: str | Path, out: Path | None = None, address: str | N
     with clock.step("data preparation"):
         prepared, location, data = reopen_run(space_path, out) if resume else start_run(space_path, space, out,
                                                                                           storage, echo)
+    # The baselines need only the tiles: they are computed in the background while Ray starts and trials train.
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="baselines")
+    baselines = pool.submit(baseline_scores, prepared, space.training.seed)
+    pool.shutdown(wait=False)
     try:
         with clock.step("Ray start"):
             session = start_session(space, out, location, data, address, resume)
@@ -128,7 +133,17 @@ def run_search(space_path: str | Path, out: Path | None = None, address: str | N
         if not resume:
             shutil.rmtree(out, ignore_errors=True)
         raise
-    return finish_run(space, session, prepared, out, location, resume, clock, echo)
+    return finish_run(space, session, prepared, out, location, resume, clock, echo, baselines)
+
+
+def baseline_scores(prepared: PreparedData, seed: int) -> list[dict]:
+    """The baselines on one thread (the trials have the CPUs); a baseline that fails costs only itself."""
+    from threadpoolctl import threadpool_limits
+
+    from search.baselines import compute_baselines
+
+    with threadpool_limits(limits=1):
+        return [b.as_dict() for b in compute_baselines(prepared, seed)]
 
 
 def start_session(space: Space, out: Path, location: str, data: str, address: str | None, resume: bool):
@@ -145,9 +160,8 @@ def start_session(space: Space, out: Path, location: str, data: str, address: st
 
 
 def finish_run(space: Space, session, prepared: PreparedData, out: Path, location: str, resume: bool,
-               clock: Stopwatch, echo) -> RunOutcome:
+               clock: Stopwatch, echo, baselines: Future) -> RunOutcome:
     """Search, export, held-out stage, baselines, summary, report, mirror; each step timed."""
-    from search.baselines import compute_baselines
     from search.cluster import dashboard_lines
     from search.confirm import held_out_stage
     from search.export import export_winners, write_results
@@ -167,9 +181,9 @@ def finish_run(space: Space, session, prepared: PreparedData, out: Path, locatio
     front, best = export_winners(space, rows, prepared, out)
     with clock.step("held-out stage"):
         confirmation = held_out_stage(space, rows, best, session, resume, out, echo)
-    with clock.step("baselines"):
-        baselines = [b.as_dict() for b in compute_baselines(prepared, space.training.seed)]
-    outcome = outcome_of(out, space, prepared, rows, best, front, confirmation, baselines, utilisation,
+    with clock.step("baselines (waiting for them)"):
+        scores = baselines.result()
+    outcome = outcome_of(out, space, prepared, rows, best, front, confirmation, scores, utilisation,
                          session.concurrent, clock.seconds)
     write_summary(outcome)
     with clock.step("report"):

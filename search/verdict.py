@@ -76,8 +76,18 @@ def comparisons(best: dict[str, Any] | None, held_out: list[dict[str, Any]], ref
             noise = combined(m_std, o_std)
             rows.append({"against": name, "kind": kind, "split": split, "winner": m, "other": o, "lead": m - o,
                          "noise": noise, "noise_floor": floor[split],
-                         "beyond_noise": None if noise is None else bool(m - o > noise)})
+                         "beyond_noise": None if noise is None else bool(m - o > noise),
+                         "verdict": verdict(m - o, noise)})
     return rows
+
+
+def verdict(lead: float, noise: float | None) -> str:
+    """ahead / within noise / behind: the lead measured against the noise of the comparison."""
+    if noise is None:
+        return "ahead, noise not measured" if lead > 0 else "behind, noise not measured"
+    if lead > noise:
+        return "ahead beyond noise"
+    return "within noise" if lead >= -noise else "BEHIND beyond noise"
 
 
 def verdict_lines(rows: list[dict[str, Any]]) -> list[str]:
@@ -87,12 +97,7 @@ def verdict_lines(rows: list[dict[str, Any]]) -> list[str]:
         mine = [r for r in rows if r["against"] == name]
         parts = []
         for r in mine:
-            if r["beyond_noise"] is None:
-                judged = "noise not measured"
-            elif r["beyond_noise"]:
-                judged = f"beyond noise {r['noise']:.4f}"
-            else:
-                judged = f"WITHIN noise {r['noise']:.4f}" if r["lead"] > 0 else f"BEHIND (noise {r['noise']:.4f})"
-            parts.append(f"{r['split']} {r['winner']:.4f} vs {r['other']:.4f} ({r['lead']:+.4f}, {judged})")
+            noise = "" if r["noise"] is None else f" {r['noise']:.4f}"
+            parts.append(f"{r['split']} {r['winner']:.4f} vs {r['other']:.4f} ({r['lead']:+.4f}: {r['verdict']}{noise})")
         lines.append(f"  vs {name}: " + "; ".join(parts))
     return lines

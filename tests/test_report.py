@@ -159,8 +159,9 @@ def test_report_page_is_self_contained_and_states_the_findings(run_dir):
     assert "No importances: no Optuna study to read" in page  # this directory has no journal
     # The baselines, the reference CNN and the verdict against each; the skipped chip with its reason.
     verdicts = page[page.index("Does the winner beat the baselines?"):page.index("Accuracy vs memory")]
-    assert "pixel classifier" in verdicts and "small CNN (tier-0 U-Net)" in verdicts and "beyond noise" in verdicts
-    assert "behind" in verdicts  # the pixel classifier's 0.2 val beats the winner's 0.12
+    assert "pixel classifier" in verdicts and "small CNN (tier-0 U-Net)" in verdicts
+    assert "ahead beyond noise" in verdicts  # 0.12 ± 0.02 against the majority's 0.05
+    assert "BEHIND beyond noise" in verdicts  # the pixel classifier's 0.2 val against the winner's 0.12 ± 0.02
     assert "Paraguay_34417" in page and "every pixel is NaN/no-data" in page
 
 
@@ -224,3 +225,24 @@ def test_importances_leave_out_infeasible_trials_that_never_trained(tmp_path):
     scores, note = importances(space, tmp_path)
     assert note is None and "quantization_bits" not in scores["val mIoU per GB"]
     assert max(scores["val mIoU per GB"], key=scores["val mIoU per GB"].get) == "learning_rate"
+
+
+def test_verdicts_weigh_each_lead_against_the_noise_of_the_two_compared():
+    from search.verdict import comparisons, verdict
+
+    assert verdict(0.05, 0.02) == "ahead beyond noise" and verdict(0.01, 0.02) == "within noise"
+    assert verdict(-0.01, 0.02) == "within noise" and verdict(-0.05, 0.02) == "BEHIND beyond noise"
+    held_out = aggregate(confirm_rows(), ROWS)
+    reference = reference_summary(confirm_rows())
+    rows = comparisons(ROWS[3], held_out, reference, [{"name": "t", "kind": "threshold", "val_miou": 0.1,
+                                                       "test_miou": None}])
+    by = {(r["against"], r["split"]): r for r in rows}
+    winner_val_std = np.std([0.10, 0.12, 0.14], ddof=1)
+    # A deterministic baseline adds no spread: the noise is the winner's own seed-to-seed std.
+    assert by[("t", "val")]["noise"] == pytest.approx(winner_val_std) and ("t", "test") not in by
+    # The reference CNN has its own spread: the two combine.
+    cnn_val_std = np.std([0.08, 0.09, 0.10], ddof=1)
+    assert by[("small CNN (tier-0 U-Net)", "val")]["noise"] == pytest.approx(np.hypot(winner_val_std, cnn_val_std))
+    assert by[("small CNN (tier-0 U-Net)", "val")]["lead"] == pytest.approx(0.12 - 0.09)
+    # The runner-up is the held-out rank 2, whatever its search rank.
+    assert by[("runner-up em_prithvi (t1)", "val")]["other"] == pytest.approx(0.39)
