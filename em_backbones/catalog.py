@@ -1,13 +1,15 @@
-"""Name → tier, family, and the hyperparameters of each scale.
+"""Name → tier, family, and the hyperparameters of each scale: every backbone's shapes live here.
 
-One entry per backbone the search can pick. `full` is the published architecture; `tiny`
-keeps the same module types with few layers and a small width so a trial trains on a laptop
-CPU in seconds. The builders in the family modules read only this table, so a new scale is a
-new entry here, never a new code path.
+One entry per backbone the search can pick (and the tier-0 reference CNN). `full` is the
+published architecture; `tiny` keeps the same module types with few layers and a small width so a
+trial trains on a laptop CPU in seconds. The builders in the family modules read their shapes
+from this table only, so a new scale is a new entry here, never a new code path. Plain values
+only (no torch, no transformers): the planning side reads it.
 """
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,31 +34,52 @@ class BackboneSpec:
     estimated: bool = True  # em_backbones/estimate.py models its memory
 
 
+def did_you_mean(word: str, options, prefix: str = "") -> str:
+    """` (did you mean 'x'?)` for the closest option, or nothing: the tail of every unknown-name error."""
+    close = difflib.get_close_matches(str(word), sorted(options), n=1)
+    return f" (did you mean '{prefix}{close[0]}'?)" if close else ""
+
+
+def terratorch_vit(name: str, description: str, tiny: str, full: str, published: float) -> BackboneSpec:
+    """A ViT of TerraTorch's own registry at both scales, by its registry names."""
+    return BackboneSpec(name=name, tier=2, family="terratorch_native", description=description,
+                        published_params=published,
+                        scales={"tiny": {"terratorch_name": tiny}, "full": {"terratorch_name": full}})
+
+
+# InternViT towers, as transformers' InternVLVisionConfig arguments.
+INTERNVIT_300M = dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096,
+                      attention_bias=True, use_qk_norm=False, norm_type="layer_norm")
+INTERNVIT_6B = dict(hidden_size=3200, num_hidden_layers=45, num_attention_heads=25, intermediate_size=12800,
+                    attention_bias=False, use_qk_norm=True, norm_type="rms_norm")
+TINY_WIDTHS = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128)
+
+
+def internvl(name: str, tier: int, text_model: str, full_text: dict, description: str, published: float,
+             vision: dict = INTERNVIT_300M, **extra) -> BackboneSpec:
+    """An InternVL backbone: `vision` tower arguments, the LLM as `text_model` ("qwen2" or "llama") arguments.
+    Tiny keeps the full model's norm, QK-norm, bias and text-model class; few layers, small width."""
+    scales = {"full": {"vision": vision, "text_model": text_model, "text": full_text},
+              "tiny": {"vision": dict(vision, **TINY_WIDTHS), "text_model": text_model,
+                       "text": dict(TINY_WIDTHS, num_key_value_heads=2, vocab_size=256)}}
+    return BackboneSpec(name=name, tier=tier, family="internvl", description=description, scales=scales,
+                        published_params=published, patch_size=28, native_img_size=448, **extra)
+
+
+def granite_layer_types(depth: int, attention_layers: set[int]) -> list[str]:
+    return ["attention" if i in attention_layers else "mamba" for i in range(depth)]
+
+
+QWEN25_3B = dict(hidden_size=2048, num_hidden_layers=36, num_attention_heads=16, num_key_value_heads=2,
+                 intermediate_size=11008, vocab_size=151674)
+
 CATALOG: dict[str, BackboneSpec] = {
     spec.name: spec
     for spec in (
-        BackboneSpec(
-            name="em_prithvi",
-            tier=2,
-            family="terratorch_native",
-            description="Prithvi-EO-2.0 ViT over Sentinel-1 + Sentinel-2 bands stacked as channels",
-            scales={
-                "tiny": {"terratorch_name": "prithvi_eo_tiny"},
-                "full": {"terratorch_name": "prithvi_eo_v2_300"},
-            },
-            published_params=300e6,
-        ),
-        BackboneSpec(
-            name="em_terramind",
-            tier=2,
-            family="terratorch_native",
-            description="TerraMind-1.0 ViT with one token stream per modality (S1 and S2), mean-merged",
-            scales={
-                "tiny": {"terratorch_name": "terramind_v1_tiny"},
-                "full": {"terratorch_name": "terramind_v1_base"},
-            },
-            published_params=86e6,
-        ),
+        terratorch_vit("em_prithvi", "Prithvi-EO-2.0 ViT over Sentinel-1 + Sentinel-2 bands stacked as channels",
+                       "prithvi_eo_tiny", "prithvi_eo_v2_300", 300e6),
+        terratorch_vit("em_terramind", "TerraMind-1.0 ViT with one token stream per modality (S1 and S2), "
+                       "mean-merged", "terramind_v1_tiny", "terramind_v1_base", 86e6),
         BackboneSpec(
             name="em_clay",
             tier=2,
@@ -80,19 +103,36 @@ CATALOG: dict[str, BackboneSpec] = {
             decoder="IdentityDecoder",
             estimated=False,
         ),
-        # InternVL: scales live in em_backbones/internvl.py as transformers configurations.
-        BackboneSpec(name="internvl2_4b", tier=1, family="internvl", published_params=3.71e9, patch_size=28, native_img_size=448,
-                     description="InternVL2.5-4B: InternViT-300M + pixel shuffle + MLP projector + Qwen2.5-3B"),
-        BackboneSpec(name="internvl2_26b", tier=3, family="internvl", published_params=25.5e9, patch_size=28, native_img_size=448,
-                     description="InternVL2-26B: InternViT-6B + projector + InternLM2-20B (Llama-shaped)"),
-        BackboneSpec(name="internvl2_40b", tier=3, family="internvl", published_params=40.1e9, patch_size=28, native_img_size=448,
-                     description="InternVL2-40B: InternViT-6B + projector + Nous-Hermes-2-Yi-34B (Llama)"),
-        BackboneSpec(name="earthmind_v1", tier=1, required_sensors=("S1", "S2"), family="internvl", published_params=3.71e9, patch_size=28, native_img_size=448,
-                     description="EarthMind-v1 (InternVL2.5-4B based): SAR and optical through one shared "
-                                 "InternViT, token reweighting, concatenation before the LLM; SAM2 left out"),
-        # Granite: scales in em_backbones/granite.py as a GraniteMoeHybridConfig.
-        BackboneSpec(name="granite_4_tiny", tier=1, family="granite", published_params=6.9e9, patch_size=16,
-                     description="Granite 4.0 Tiny (hybrid Mamba-2/attention MoE LLM) as visual encoder layers"),
+        internvl("internvl2_4b", 1, "qwen2", QWEN25_3B, published=3.71e9,
+                 description="InternVL2.5-4B: InternViT-300M + pixel shuffle + MLP projector + Qwen2.5-3B"),
+        internvl("internvl2_26b", 3, "llama", dict(hidden_size=6144, num_hidden_layers=48, num_attention_heads=48,
+                                                   num_key_value_heads=8, intermediate_size=16384, vocab_size=92553),
+                 vision=INTERNVIT_6B, published=25.5e9,
+                 description="InternVL2-26B: InternViT-6B + projector + InternLM2-20B (Llama-shaped)"),
+        internvl("internvl2_40b", 3, "llama", dict(hidden_size=7168, num_hidden_layers=60, num_attention_heads=56,
+                                                   num_key_value_heads=8, intermediate_size=20480, vocab_size=64000),
+                 vision=INTERNVIT_6B, published=40.1e9,
+                 description="InternVL2-40B: InternViT-6B + projector + Nous-Hermes-2-Yi-34B (Llama)"),
+        internvl("earthmind_v1", 1, "qwen2", QWEN25_3B, published=3.71e9, required_sensors=("S1", "S2"),
+                 description="EarthMind-v1 (InternVL2.5-4B based): SAR and optical through one shared InternViT, "
+                             "token reweighting, concatenation before the LLM; SAM2 left out"),
+        # ibm-granite/granite-4.0-h-tiny: 40 layers, 4 of them attention; 64 experts, top-6; NoPE.
+        BackboneSpec(
+            name="granite_4_tiny", tier=1, family="granite", published_params=6.9e9, patch_size=16,
+            description="Granite 4.0 Tiny (hybrid Mamba-2/attention MoE LLM) as visual encoder layers",
+            scales={
+                "full": dict(vocab_size=100352, hidden_size=1536, intermediate_size=512, shared_intermediate_size=1024,
+                             num_hidden_layers=40, num_attention_heads=12, num_key_value_heads=4, num_local_experts=64,
+                             num_experts_per_tok=6, mamba_n_heads=48, mamba_d_head=64, mamba_d_state=128,
+                             mamba_n_groups=1, mamba_d_conv=4, mamba_expand=2, stem_width=768,
+                             layer_types=granite_layer_types(40, {5, 15, 25, 35})),
+                "tiny": dict(vocab_size=256, hidden_size=64, intermediate_size=32, shared_intermediate_size=64,
+                             num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2, num_local_experts=8,
+                             num_experts_per_tok=2, mamba_n_heads=4, mamba_d_head=32, mamba_d_state=16,
+                             mamba_n_groups=1, mamba_d_conv=4, mamba_expand=2, stem_width=32,
+                             layer_types=granite_layer_types(4, {1})),
+            },
+        ),
     )
 }
 

@@ -12,13 +12,15 @@ import torch
 from terratorch.registry import TERRATORCH_BACKBONE_REGISTRY
 from torch import nn
 
+from em_backbones.activations import Architecture
 from em_backbones.bands import stacked_band_names
 from em_backbones.catalog import get_spec
+from em_backbones.contract import ContractDefaults
+from em_backbones.feature_maps import stack_modalities
 from em_backbones.registration import BackboneArgs, register_backbone
-from em_backbones.terratorch_native import stack_modalities
 
 
-class UNetS1S2(nn.Module):
+class UNetS1S2(ContractDefaults, nn.Module):
     """TerraTorch's UNet over the stacked bands; its feature maps come out finest last."""
 
     def __init__(self, args: BackboneArgs) -> None:
@@ -43,6 +45,9 @@ class UNetS1S2(nn.Module):
 
     def checkpointed_modules(self) -> list[nn.Module]:
         return []
+
+    def memory_architecture(self, img_size: int, modalities: tuple[str, ...]) -> Architecture:
+        raise NotImplementedError("the reference CNN's memory is measured, not estimated (catalog: estimated=False)")
 
     def forward(self, x: dict[str, torch.Tensor] | torch.Tensor) -> list[torch.Tensor]:
         return self.unet(stack_modalities(x, self.modalities))

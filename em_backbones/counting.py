@@ -12,10 +12,9 @@ from __future__ import annotations
 import torch
 from accelerate import init_empty_weights
 from terratorch.registry import BACKBONE_REGISTRY
-from transformers import GraniteMoeHybridForCausalLM, InternVLForConditionalGeneration
 
 import em_backbones.registered  # noqa: F401  (counts build registered backbones)
-from em_backbones.catalog import get_spec
+from em_backbones.registration import backbone_class
 
 
 def count(module: torch.nn.Module) -> int:
@@ -29,18 +28,5 @@ def backbone_params(name: str, scale: str = "full") -> int:
 
 
 def published_params(name: str) -> int:
-    """The released architecture's full parameter count, built from the same configuration."""
-    from em_backbones.granite import granite_config
-    from em_backbones.internvl import internvl_config
-
-    family = get_spec(name).family
-    with torch.device("meta"):
-        if name == "earthmind_v1":
-            vlm = count(InternVLForConditionalGeneration(internvl_config("internvl2_4b", "full")))
-            fusion = backbone_params(name) - backbone_params("internvl2_4b")  # reweighting + SAR adapter
-            return vlm + fusion
-        if family == "internvl":
-            return count(InternVLForConditionalGeneration(internvl_config(name, "full")))
-        if family == "granite":
-            return count(GraniteMoeHybridForCausalLM(granite_config("full")))
-    return backbone_params(name)
+    """The released architecture's full parameter count: each family answers for itself (em_backbones/contract.py)."""
+    return backbone_class(name).published_parameters(name)

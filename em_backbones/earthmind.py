@@ -22,10 +22,9 @@ from torch import nn
 
 from em_backbones.bands import bands_of
 from em_backbones.catalog import get_spec
-from em_backbones.internvl import BandAdapter, InternVLTechniqueTargets, load_or_build_vlm
+from em_backbones.internvl import BandAdapter, InternVLFamily, load_or_build_vlm
 from em_backbones.registration import BackboneArgs, register_backbone
-from em_backbones.techniques import drop_token_embedding
-from em_backbones.terratorch_native import evenly_spaced_layers
+from em_backbones.feature_maps import drop_token_embedding, evenly_spaced_layers
 
 
 class TokenReweighting(nn.Module):
@@ -42,8 +41,19 @@ class TokenReweighting(nn.Module):
         return sar * score(sar), optical * score(optical)
 
 
-class EarthMindBackbone(InternVLTechniqueTargets, nn.Module):
+class EarthMindBackbone(InternVLFamily, nn.Module):
     """TerraTorch backbone: {SAR, optical} → shared InternVL → reweight, concat → LLM → maps."""
+
+    images = 2  # SAR and optical through one tower
+    fusion_terms = 2.5  # token reweighting (bilinear in/out) and the alignment difference, per LLM token
+
+    @classmethod
+    def published_parameters(cls, name: str) -> int:
+        """EarthMind as released: InternVL2.5-4B plus its fusion layers (reweighting, SAR adapter)."""
+        from em_backbones.counting import backbone_params
+
+        return InternVLFamily.published_parameters("internvl2_4b") + backbone_params(name) \
+            - backbone_params("internvl2_4b")
 
     def __init__(self, args: BackboneArgs) -> None:
         super().__init__()

@@ -22,7 +22,7 @@ trains:
 Gradient checkpointing keeps one hidden state (h per token) per layer at the end of forward and
 rebuilds one layer at a time in backward: `recompute` is that one layer, part of the true peak.
 
-What the CPU accounting of `em_backbones.memory` measures is `accounted` (end of forward); the
+What the CPU accounting of `em_backbones.memory` measures is `total` (end of forward); the
 peak a GPU sees adds `recompute` and `overhead` (allocator fragmentation and workspaces, stated
 as 10% of the accounted bytes; the CUDA context itself is outside `max_memory_allocated`).
 The Mamba-2 terms model transformers' PyTorch reference scan (what runs without `mamba_ssm`);
@@ -41,8 +41,8 @@ from terratorch.registry import BACKBONE_REGISTRY
 
 import em_backbones.registered  # noqa: F401  (the profile builds registered backbones)
 
-from em_backbones.bands import stacked_band_names
-from em_backbones.catalog import get_spec
+from em_backbones.activations import Architecture
+from em_backbones.memory import MemoryBreakdown
 from em_backbones.quantization import quantizable_linears
 from em_backbones.techniques import lora_target_modules
 from em_backbones.techniques_config import PRECISION_BYTES, Techniques
@@ -50,38 +50,6 @@ from em_backbones.techniques_config import PRECISION_BYTES, Techniques
 OVERHEAD_FRACTION = 0.10
 BLOCKSIZE_4BIT = 64  # bitsandbytes' default: one absmax per 64 weights
 BLOCKSIZE_NESTED = 256  # double quantization: one fp32 absmax per 256 absmax values
-
-
-@dataclass
-class Layer:
-    """`count` identical layers over `tokens` tokens per sample; terms in elements per token."""
-
-    count: int
-    tokens: int
-    hidden: int
-    always: float
-    linear: float = 0.0
-    norm: float = 0.0
-    padded_tokens: int = 0  # Mamba: chunk-padded length the `padded` terms scale with
-    padded: float = 0.0
-    constant_bytes: float = 0.0  # per layer, independent of batch (masks)
-    lora_targets: int = 0  # Linear layers LoRA adapts in one such layer
-    checkpoints: int = 1  # checkpointed units per layer, each keeping its input (Clay: attention, feed-forward)
-
-    def elements(self, batch: int, linear: bool, norm: bool) -> float:
-        per_token = self.always + (self.linear if linear else 0.0) + (self.norm if norm else 0.0)
-        return batch * (self.tokens * per_token + self.padded_tokens * self.padded)
-
-
-@dataclass
-class Architecture:
-    """What the estimator reads from a backbone: its layers and the activations outside them
-    (elements per sample, except `constant`)."""
-
-    layers: list[Layer]
-    outside_always: float = 0.0  # kept whatever trains: adapter/stem inputs of new modules, norm inputs
-    outside_trained: float = 0.0  # kept only while pretrained stems/projectors/norms train (not under LoRA)
-    constant: float = 0.0  # independent of batch (Clay's wavelength weight generator)
 
 
 @dataclass(frozen=True)
@@ -97,27 +65,20 @@ class ParameterGroups:
 
 
 @dataclass
-class MemoryEstimate:
-    """Predicted bytes of one training step; `accounted` is what the CPU accounting measures."""
+class MemoryEstimate(MemoryBreakdown):
+    """Predicted bytes of one training step: the four parts the CPU accounting measures (`total`), plus the
+    checkpointed layer recomputed in backward and a stated overhead, which make the peak a GPU sees."""
 
-    weights: float
-    gradients: float
-    optimizer_state: float
-    activations: float
-    recompute: float
-    trainable_params: int
-
-    @property
-    def accounted(self) -> float:
-        return self.weights + self.gradients + self.optimizer_state + self.activations
+    recompute: float = 0.0
+    trainable_params: int = 0
 
     @property
     def overhead(self) -> float:
-        return OVERHEAD_FRACTION * self.accounted
+        return OVERHEAD_FRACTION * self.total
 
     @property
     def peak(self) -> float:
-        return self.accounted + self.recompute + self.overhead
+        return self.total + self.recompute + self.overhead
 
 
 def quantized_weight_bytes(in_features: int, out_features: int, bits: int, double_quant: bool) -> float:
@@ -138,7 +99,7 @@ def backbone_profile(name: str, scale: str, img_size: int,
     (free at any scale); computed once per backbone, scale, size and modalities."""
     with init_empty_weights():  # buffers stay real: some builders compute with them (TerraMind)
         model = BACKBONE_REGISTRY.build(name, scale=scale, img_size=img_size, modalities=list(modalities))
-    return parameter_groups(model), architecture(name, model, img_size, modalities)
+    return parameter_groups(model), model.memory_architecture(img_size, tuple(modalities))
 
 
 def parameter_groups(model: nn.Module) -> ParameterGroups:
@@ -159,119 +120,6 @@ def parameter_groups(model: nn.Module) -> ParameterGroups:
     lora = tuple((m.in_features, m.out_features) for n, m in model.named_modules() if n in names)
     return ParameterGroups(tuple(quantizable), bias, other, sum(p.numel() for p in model.new_parameters()), lora,
                            sum(1 for _ in model.parameters()))
-
-
-# --- activations per block kind (elements per token; h width, f MLP width) -------------------------
-
-def vit_layer(count: int, tokens: int, h: int, f: int, heads: int, checkpoints: int = 1) -> Layer:
-    """timm / Clay pre-norm ViT block, LayerNorm + GELU, fused qkv, SDPA.
-    always: x, qkv (3h), SDPA out (= proj input), x2, fc1 out (f), LN stats, logsumexp per head.
-    linear: LN1 out, LN2 out (qkv/fc1 inputs), GELU out (fc2 input)."""
-    return Layer(count, tokens, h, always=6 * h + f + 4 + heads, linear=2 * h + f, lora_targets=4,
-                 checkpoints=checkpoints)
-
-
-def internvit_layer(count: int, tokens: int, h: int, f: int, heads: int, rms_qk_norm: bool) -> Layer:
-    """InternViT block: like ViT with separate q/k/v and layer scale (λ·x keeps x for λ's gradient).
-    The 6B variant (RMSNorm + QK-norm) also keeps q and k before their norms and, for each RMSNorm's
-    weight, the normalised input (4 norms)."""
-    if rms_qk_norm:
-        return Layer(count, tokens, h, always=8 * h + f + 4 + heads, linear=2 * h + f, norm=6 * h, lora_targets=6)
-    return Layer(count, tokens, h, always=6 * h + f + 4 + heads, linear=2 * h + f, norm=2 * h, lora_targets=6)
-
-
-def llama_layer(count: int, tokens: int, h: int, f: int, kv: int, heads: int) -> Layer:
-    """Qwen2 / Llama decoder layer: RMSNorm, RoPE, grouped-query SDPA, SwiGLU MLP.
-    always: x, rotated q, k and v (kv each), SDPA out (= o_proj input), x2, gate, up, SiLU out (3f).
-    linear: both norm outputs, gate·up product (down input). norm: normalised inputs of 2 RMSNorms."""
-    return Layer(count, tokens, h, always=4 * h + 2 * kv + 3 * f + 2 + heads,
-                 linear=2 * h + f, norm=2 * h, lora_targets=7)
-
-
-def granite_moe_terms(h: int, f: int, shared: int, top_k: int) -> tuple[float, float, float]:
-    """Granite's MoE half-layer: RMSNorm, top-k router, experts (gate_up, SiLU, down), shared SwiGLU MLP."""
-    always = h + top_k * (3 * f + h + 1) + 3 * shared + 10
-    linear = h + top_k * (h + f) + shared
-    return always, linear, h
-
-
-def granite_layers(config, tokens: int) -> list[Layer]:
-    """Attention layers (bidirectional mask, k/v repeated to all heads) and Mamba-2 layers, each + MoE."""
-    h, heads = config.hidden_size, config.num_attention_heads
-    moe_always, moe_linear, moe_norm = granite_moe_terms(h, config.intermediate_size,
-                                                         config.shared_intermediate_size, config.num_experts_per_tok)
-    attention = sum(kind in ("attention", "full_attention") for kind in config.layer_types)
-    mamba = len(config.layer_types) - attention
-    d_inner = config.mamba_expand * h
-    mamba_heads, d_state, groups = config.mamba_n_heads, config.mamba_d_state, config.mamba_n_groups
-    in_proj = 2 * d_inner + 2 * groups * d_state + mamba_heads
-    chunk = config.mamba_chunk_size
-    padded = math.ceil(tokens / chunk) * chunk
-    return [
-        Layer(attention, tokens, h, always=5 * h + heads + 2 + moe_always, linear=h + moe_linear,
-              norm=h + moe_norm, constant_bytes=tokens * tokens, lora_targets=6),  # + the boolean mask
-        # Mamba-2 reference scan: in_proj out, conv in/out, dt, the gated norm and out_proj input per
-        # token; d_inner-wide chunk tensors (4), B/C per head (5) and chunk x chunk decays (3) per padded token.
-        Layer(mamba, tokens, h, always=2 * h + in_proj + (d_inner + 2 * groups * d_state) + 3 * d_inner
-              + 4 * mamba_heads + moe_always, linear=h + d_inner + moe_linear, norm=h + moe_norm,
-              padded_tokens=padded, padded=4 * d_inner + 5 * mamba_heads * d_state + 3 * mamba_heads * chunk,
-              constant_bytes=2 * chunk * chunk, lora_targets=4),
-    ]
-
-
-def architecture(name: str, model: nn.Module, img_size: int, modalities: tuple[str, ...]) -> Architecture:
-    """Layers and stem terms of a meta-built backbone."""
-    family = get_spec(name).family
-    bands = len(stacked_band_names(list(modalities)))
-    pixels = img_size * img_size
-    if family == "internvl":
-        vision, text = model.vlm.config.vision_config, model.vlm.config.text_config
-        images = 2 if name == "earthmind_v1" else 1  # EarthMind: SAR and optical through one tower
-        patch = vision.patch_size[0] if isinstance(vision.patch_size, (list, tuple)) else vision.patch_size
-        patches = images * (img_size // patch) ** 2
-        llm_tokens = patches // 4  # pixel shuffle merges 2 x 2 patches
-        hv, ht = vision.hidden_size, text.hidden_size
-        kv = text.num_key_value_heads * ht // text.num_attention_heads
-        vit = internvit_layer(vision.num_hidden_layers, patches + images, hv, vision.intermediate_size,
-                              vision.num_attention_heads, vision.norm_type == "rms_norm")
-        llm = llama_layer(text.num_hidden_layers, llm_tokens, ht, text.intermediate_size, kv,
-                          text.num_attention_heads)
-        # Band adapters' raw-band inputs and 3-channel outputs (the patch convolution keeps its input even
-        # when frozen); projector LayerNorm input and Linear-1 output (GELU input); the LLM's final norm
-        # input; EarthMind's token reweighting (bilinear in/out) and alignment difference.
-        always = bands * pixels + images * 3 * pixels + patches * hv + 2 * llm_tokens * ht
-        if name == "earthmind_v1":
-            always += 2.5 * llm_tokens * ht
-        # Projector Linear inputs, final norm's normalised input.
-        trained = patches * hv + 2 * llm_tokens * ht
-        return Architecture([vit, llm], outside_always=always, outside_trained=trained)
-    if family == "granite":
-        config = model.llm.config
-        tokens = (img_size // model.patch_size) ** 2
-        # Stem convolution input (raw bands), lift input (stem width), final norm input and output.
-        return Architecture(granite_layers(config, tokens), outside_always=bands * pixels
-                            + tokens * model.patch_embed.out_channels + 2 * tokens * config.hidden_size)
-    # TerraTorch-native ViTs
-    block = model.quantizable_blocks()[0][0]
-    linears = [m for m in block.modules() if type(m) is nn.Linear]
-    h = linears[0].in_features
-    f = max(m.out_features for m in linears if m.in_features == h and m.out_features != 3 * h)
-    depth = len(model.quantizable_blocks()[0])
-    grid = (img_size // model.patch_size) ** 2
-    if name == "em_prithvi":  # patch embedding rebuilt for S1+S2: always trains
-        return Architecture([vit_layer(depth, grid + 1, h, f, model.vit.blocks[0].attn.num_heads)],
-                            outside_always=bands * pixels + (grid + 1) * h)
-    if name == "em_terramind":  # one token stream per modality; per-modality patch projections
-        tokens = len(modalities) * grid
-        return Architecture([vit_layer(depth, tokens, h, f, model.vit.encoder[0].attn.num_heads)],
-                            outside_always=tokens * h, outside_trained=bands * pixels)
-    # Clay: the wavelength-conditioned patch embedding generates its weights once per batch.
-    embedding = model.encoder.patch_embedding
-    generator = embedding.weight_generator
-    generator_ff = generator.encoder.layers[0].linear1.out_features
-    constant = 2 * (generator.num_latent_tokens + bands + 1) * generator_ff + embedding.output_dim * bands
-    return Architecture([vit_layer(depth, grid + 1, h, f, model.encoder.transformer.layers[0][0].heads, checkpoints=2)],
-                        outside_always=(grid + 1) * h, outside_trained=bands * pixels, constant=constant)
 
 
 def estimate(name: str, scale: str, techniques: Techniques, batch_size: int, img_size: int,

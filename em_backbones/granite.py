@@ -27,38 +27,53 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import GraniteMoeHybridConfig, GraniteMoeHybridModel
+from transformers import GraniteMoeHybridConfig, GraniteMoeHybridForCausalLM, GraniteMoeHybridModel
 
+from em_backbones.activations import Architecture, Layer
+from em_backbones.contract import ContractDefaults
 from em_backbones.bands import stacked_band_names
 from em_backbones.catalog import get_spec
 from em_backbones.registration import BackboneArgs, register_backbone
-from em_backbones.techniques import drop_token_embedding
-from em_backbones.terratorch_native import evenly_spaced_layers
-
-
-def _layer_types(depth: int, attention_layers: set[int]) -> list[str]:
-    return ["attention" if i in attention_layers else "mamba" for i in range(depth)]
-
-
-# ibm-granite/granite-4.0-h-tiny: 40 layers, 4 of them attention; 64 experts, top-6; NoPE.
-GRANITE_SCALES: dict[str, dict] = {
-    "full": dict(vocab_size=100352, hidden_size=1536, intermediate_size=512, shared_intermediate_size=1024,
-                 num_hidden_layers=40, num_attention_heads=12, num_key_value_heads=4, num_local_experts=64,
-                 num_experts_per_tok=6, mamba_n_heads=48, mamba_d_head=64, mamba_d_state=128, mamba_n_groups=1,
-                 mamba_d_conv=4, mamba_expand=2, layer_types=_layer_types(40, {5, 15, 25, 35})),
-    "tiny": dict(vocab_size=256, hidden_size=64, intermediate_size=32, shared_intermediate_size=64,
-                 num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2, num_local_experts=8,
-                 num_experts_per_tok=2, mamba_n_heads=4, mamba_d_head=32, mamba_d_state=16, mamba_n_groups=1,
-                 mamba_d_conv=4, mamba_expand=2, layer_types=_layer_types(4, {1})),
-}
-STEM_WIDTH = {"full": 768, "tiny": 32}
+from em_backbones.feature_maps import drop_token_embedding, evenly_spaced_layers
 
 
 def granite_config(scale: str) -> GraniteMoeHybridConfig:
-    return GraniteMoeHybridConfig(**GRANITE_SCALES[scale], position_embedding_type="nope", tie_word_embeddings=True)
+    shape = {k: v for k, v in get_spec("granite_4_tiny").scales[scale].items() if k != "stem_width"}
+    return GraniteMoeHybridConfig(**shape, position_embedding_type="nope", tie_word_embeddings=True)
 
 
-class GraniteVisualEncoder(nn.Module):
+def granite_moe_terms(h: int, f: int, shared: int, top_k: int) -> tuple[float, float, float]:
+    """Granite's MoE half-layer: RMSNorm, top-k router, experts (gate_up, SiLU, down), shared SwiGLU MLP."""
+    always = h + top_k * (3 * f + h + 1) + 3 * shared + 10
+    linear = h + top_k * (h + f) + shared
+    return always, linear, h
+
+
+def granite_layers(config, tokens: int) -> list[Layer]:
+    """Attention layers (bidirectional mask, k/v repeated to all heads) and Mamba-2 layers, each + MoE."""
+    h, heads = config.hidden_size, config.num_attention_heads
+    moe_always, moe_linear, moe_norm = granite_moe_terms(h, config.intermediate_size,
+                                                         config.shared_intermediate_size, config.num_experts_per_tok)
+    attention = sum(kind in ("attention", "full_attention") for kind in config.layer_types)
+    mamba = len(config.layer_types) - attention
+    d_inner = config.mamba_expand * h
+    mamba_heads, d_state, groups = config.mamba_n_heads, config.mamba_d_state, config.mamba_n_groups
+    in_proj = 2 * d_inner + 2 * groups * d_state + mamba_heads
+    chunk = config.mamba_chunk_size
+    padded = math.ceil(tokens / chunk) * chunk
+    return [
+        Layer(attention, tokens, h, always=5 * h + heads + 2 + moe_always, linear=h + moe_linear,
+              norm=h + moe_norm, constant_bytes=tokens * tokens, lora_targets=6),  # + the boolean mask
+        # Mamba-2 reference scan: in_proj out, conv in/out, dt, the gated norm and out_proj input per
+        # token; d_inner-wide chunk tensors (4), B/C per head (5) and chunk x chunk decays (3) per padded token.
+        Layer(mamba, tokens, h, always=2 * h + in_proj + (d_inner + 2 * groups * d_state) + 3 * d_inner
+              + 4 * mamba_heads + moe_always, linear=h + d_inner + moe_linear, norm=h + moe_norm,
+              padded_tokens=padded, padded=4 * d_inner + 5 * mamba_heads * d_state + 3 * mamba_heads * chunk,
+              constant_bytes=2 * chunk * chunk, lora_targets=4),
+    ]
+
+
+class GraniteVisualEncoder(ContractDefaults, nn.Module):
     """TerraTorch backbone: S1+S2 patches → Granite-H blocks → per-layer maps on the patch grid."""
 
     def __init__(self, args: BackboneArgs) -> None:
@@ -71,7 +86,7 @@ class GraniteVisualEncoder(nn.Module):
             self.llm = GraniteMoeHybridModel(granite_config(scale))
         drop_token_embedding(self.llm)
         width = self.llm.config.hidden_size
-        stem = STEM_WIDTH[scale]
+        stem = get_spec(args.name).scales[scale]["stem_width"]
         grid = args.img_size // self.patch_size
         self.patch_embed = nn.Conv2d(len(stacked_band_names(self.modalities)), stem, self.patch_size, self.patch_size)
         self.pos_embed = nn.Parameter(torch.zeros(1, grid * grid, stem))
@@ -99,6 +114,22 @@ class GraniteVisualEncoder(nn.Module):
     def new_parameters(self) -> list[nn.Parameter]:
         """The stem, lift and output maps have no pretrained weights: they always train."""
         return [*self.patch_embed.parameters(), self.pos_embed, *self.lift.parameters(), *self.out_proj.parameters()]
+
+    def memory_architecture(self, img_size: int, modalities: tuple[str, ...]) -> Architecture:
+        config = self.llm.config
+        tokens = (img_size // self.patch_size) ** 2
+        # Stem convolution input (raw bands), lift input (stem width), final norm input and output.
+        bands = len(stacked_band_names(list(modalities)))
+        return Architecture(granite_layers(config, tokens), outside_always=bands * img_size * img_size
+                            + tokens * self.patch_embed.out_channels + 2 * tokens * config.hidden_size)
+
+    @classmethod
+    def published_parameters(cls, name: str) -> int:
+        """The released causal LM (token embedding tied to the LM head), counted on the meta device."""
+        from em_backbones.counting import count
+
+        with torch.device("meta"):
+            return count(GraniteMoeHybridForCausalLM(granite_config("full")))
 
     def _position_embedding(self, length: int) -> torch.Tensor:
         """The learned grid, resized bicubically when inputs are larger (TerraTorch pads to 2 patches)."""

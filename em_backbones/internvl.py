@@ -20,56 +20,27 @@ import math
 
 import torch
 from torch import nn
-from transformers import InternVLConfig, InternVLModel, InternVLVisionConfig, LlamaConfig, Qwen2Config
+from transformers import InternVLConfig, InternVLForConditionalGeneration, InternVLModel, InternVLVisionConfig, \
+    LlamaConfig, Qwen2Config
 
+from em_backbones.activations import Architecture, internvit_layer, llama_layer
 from em_backbones.bands import stacked_band_names
+from em_backbones.contract import ContractDefaults
 from em_backbones.catalog import get_spec
 from em_backbones.registration import BackboneArgs, register_backbone
-from em_backbones.techniques import drop_token_embedding
-from em_backbones.terratorch_native import evenly_spaced_layers
+from em_backbones.feature_maps import drop_token_embedding, evenly_spaced_layers
 
-INTERNVIT_300M = dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096,
-                      attention_bias=True, use_qk_norm=False, norm_type="layer_norm")
-INTERNVIT_6B = dict(hidden_size=3200, num_hidden_layers=45, num_attention_heads=25, intermediate_size=12800,
-                    attention_bias=False, use_qk_norm=True, norm_type="rms_norm")
-
-TINY_WIDTHS = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128)
-TINY_TEXT = dict(TINY_WIDTHS, num_key_value_heads=2, vocab_size=256)
-
-
-def _tiny(vision: dict, text_cls: type) -> tuple[dict, type, dict]:
-    """Same norm, QK-norm, bias and text-model class as the full model; few layers, small width."""
-    return dict(vision, **TINY_WIDTHS), text_cls, TINY_TEXT
-
-
-# name → scale → (vision kwargs, text config class, text kwargs).
-INTERNVL_SCALES: dict[str, dict[str, tuple[dict, type, dict]]] = {
-    "internvl2_4b": {
-        "full": (INTERNVIT_300M, Qwen2Config, dict(hidden_size=2048, num_hidden_layers=36, num_attention_heads=16,
-                                                   num_key_value_heads=2, intermediate_size=11008, vocab_size=151674)),
-        "tiny": _tiny(INTERNVIT_300M, Qwen2Config),
-    },
-    "internvl2_26b": {
-        "full": (INTERNVIT_6B, LlamaConfig, dict(hidden_size=6144, num_hidden_layers=48, num_attention_heads=48,
-                                                 num_key_value_heads=8, intermediate_size=16384, vocab_size=92553)),
-        "tiny": _tiny(INTERNVIT_6B, LlamaConfig),
-    },
-    "internvl2_40b": {
-        "full": (INTERNVIT_6B, LlamaConfig, dict(hidden_size=7168, num_hidden_layers=60, num_attention_heads=56,
-                                                 num_key_value_heads=8, intermediate_size=20480, vocab_size=64000)),
-        "tiny": _tiny(INTERNVIT_6B, LlamaConfig),
-    },
-}
+TEXT_CONFIGS = {"qwen2": Qwen2Config, "llama": LlamaConfig}  # the catalog names the LLM's configuration class
 PATCH_SIZE = 14
 SHUFFLE = 2  # pixel shuffle 0.5 merges 2x2 patches into one token
 
 
 def internvl_config(name: str, scale: str, img_size: int = 448) -> InternVLConfig:
     """The published (full) or reduced (tiny) configuration; the LM head stays untied, as published."""
-    vision, text_cls, text = INTERNVL_SCALES[name][scale]
+    shape = get_spec(name).scales[scale]
     return InternVLConfig(
-        vision_config=InternVLVisionConfig(**vision, patch_size=PATCH_SIZE, image_size=img_size),
-        text_config=text_cls(**text, tie_word_embeddings=False),
+        vision_config=InternVLVisionConfig(**shape["vision"], patch_size=PATCH_SIZE, image_size=img_size),
+        text_config=TEXT_CONFIGS[shape["text_model"]](**shape["text"], tie_word_embeddings=False),
         downsample_ratio=1 / SHUFFLE,
         tie_word_embeddings=False,
     )
@@ -92,16 +63,49 @@ def vlm_blocks(vlm: InternVLModel) -> list[nn.Module]:
     return [vlm.vision_tower.encoder.layer, vlm.language_model.layers]
 
 
-class InternVLTechniqueTargets:
-    """What em_backbones.techniques quantizes and LoRA-adapts in any backbone built around `self.vlm`."""
+class InternVLFamily(ContractDefaults):
+    """The contract (em_backbones/contract.py) for any backbone built around `self.vlm`, an InternVLModel.
+
+    `images`: how many images go through the shared vision tower per sample (EarthMind: SAR and
+    optical); `fusion_terms`: activations per LLM token of layers between projector and LLM.
+    """
 
     lora_target_names = INTERNVL_LORA_TARGETS
+    images = 1
+    fusion_terms = 0.0
 
     def quantizable_blocks(self) -> list[nn.Module]:
         return vlm_blocks(self.vlm)
 
     def checkpointed_modules(self) -> list[nn.Module]:
         return [self.vlm]
+
+    def memory_architecture(self, img_size: int, modalities: tuple[str, ...]) -> Architecture:
+        """InternViT layers over every image's patches, then the LLM over the pixel-shuffled tokens."""
+        vision, text = self.vlm.config.vision_config, self.vlm.config.text_config
+        patch = vision.patch_size[0] if isinstance(vision.patch_size, (list, tuple)) else vision.patch_size
+        patches = self.images * (img_size // patch) ** 2
+        llm_tokens = patches // (SHUFFLE * SHUFFLE)
+        hv, ht = vision.hidden_size, text.hidden_size
+        kv = text.num_key_value_heads * ht // text.num_attention_heads
+        vit = internvit_layer(vision.num_hidden_layers, patches + self.images, hv, vision.intermediate_size,
+                              vision.num_attention_heads, vision.norm_type == "rms_norm")
+        llm = llama_layer(text.num_hidden_layers, llm_tokens, ht, text.intermediate_size, kv, text.num_attention_heads)
+        bands, pixels = len(stacked_band_names(list(modalities))), img_size * img_size
+        # Band adapters' raw-band inputs and 3-channel outputs (the patch convolution keeps its input even
+        # when frozen); projector LayerNorm input and Linear-1 output (GELU input); the LLM's final norm input.
+        always = bands * pixels + self.images * 3 * pixels + patches * hv + 2 * llm_tokens * ht
+        always += self.fusion_terms * llm_tokens * ht
+        trained = patches * hv + 2 * llm_tokens * ht  # projector Linear inputs, final norm's normalised input
+        return Architecture([vit, llm], outside_always=always, outside_trained=trained)
+
+    @classmethod
+    def published_parameters(cls, name: str) -> int:
+        """The released causal VLM (with its token embedding and LM head), counted on the meta device."""
+        from em_backbones.counting import count
+
+        with torch.device("meta"):
+            return count(InternVLForConditionalGeneration(internvl_config(name, "full")))
 
 
 class BandAdapter(nn.Module):
@@ -121,7 +125,7 @@ class BandAdapter(nn.Module):
         return self.proj(x)
 
 
-class InternVLBackbone(InternVLTechniqueTargets, nn.Module):
+class InternVLBackbone(InternVLFamily, nn.Module):
     """TerraTorch backbone: S1+S2 dict in, LLM hidden states over the visual tokens as maps out."""
 
     def __init__(self, args: BackboneArgs) -> None:

@@ -105,17 +105,18 @@ class SavedActivationCounter:
 
 
 @dataclass
-class StepMemory:
-    """One training step's memory, broken down; all figures in bytes."""
+class MemoryBreakdown:
+    """One training step's memory in four parts (bytes), measured (search/memory_meter.py) or predicted
+    (em_backbones/estimate.py's MemoryEstimate, which adds what a GPU sees on top)."""
 
-    parameters: int
-    gradients: int
-    optimizer_state: int
-    saved_activations: int
+    weights: float
+    gradients: float
+    optimizer_state: float
+    activations: float  # tensors autograd keeps for backward at the end of the forward pass
 
     @property
-    def total(self) -> int:
-        return self.parameters + self.gradients + self.optimizer_state + self.saved_activations
+    def total(self) -> float:
+        return self.weights + self.gradients + self.optimizer_state + self.activations
 
 
 def gigabytes(n_bytes: float) -> float:

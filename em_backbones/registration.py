@@ -9,14 +9,14 @@ the closest valid one, as TerraTorch's own factory refuses leftover arguments: a
 
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass, fields
 from typing import Any, Callable
 
 from terratorch.registry import TERRATORCH_BACKBONE_REGISTRY
 from torch import nn
 
-from em_backbones.catalog import SCALES, get_spec
+from em_backbones.catalog import SCALES, did_you_mean, get_spec
+from em_backbones.contract import missing_from_contract
 from em_backbones.techniques import apply_techniques
 from em_backbones.techniques_config import Techniques, technique_knobs
 
@@ -49,9 +49,8 @@ def split_arguments(name: str, kwargs: dict[str, Any]) -> tuple[BackboneArgs, Te
     valid = [*BUILD_KEYS, *technique_knobs(), *FACTORY_KEYS]
     for key in kwargs:
         if key not in valid:
-            close = difflib.get_close_matches(key, valid, n=1)
-            hint = f" (did you mean 'backbone_{close[0]}'?)" if close else ""
-            raise UnknownBackboneArgument(f"{name}: unknown backbone argument 'backbone_{key}'{hint}")
+            raise UnknownBackboneArgument(f"{name}: unknown backbone argument 'backbone_{key}'"
+                                          f"{did_you_mean(key, valid, 'backbone_')}")
     build = {k: v for k, v in kwargs.items() if k in BUILD_KEYS}
     build["modalities"] = list(build.get("modalities") or DEFAULT_MODALITIES)
     args = BackboneArgs(name, **build)
@@ -63,9 +62,23 @@ def split_arguments(name: str, kwargs: dict[str, Any]) -> tuple[BackboneArgs, Te
     return args, techniques
 
 
+BACKBONE_CLASSES: dict[str, type] = {}  # name → the class it is built from (em_backbones/contract.py's contract)
+
+
+def backbone_class(name: str) -> type:
+    try:
+        return BACKBONE_CLASSES[name]
+    except KeyError:
+        raise KeyError(f"unknown backbone {name!r}; registered: {', '.join(sorted(BACKBONE_CLASSES))}") from None
+
+
 def register_backbone(name: str, cls: Callable[[BackboneArgs], nn.Module],
                       local_weights_only: bool = True) -> Callable[..., nn.Module]:
     """Register `cls` under `name`; `local_weights_only`: pretrained weights must come from ckpt_path."""
+    missing = missing_from_contract(cls)
+    if missing:
+        raise TypeError(f"{cls.__name__} does not meet the backbone contract: lacks {', '.join(missing)}")
+    BACKBONE_CLASSES[name] = cls
 
     def build(**kwargs: Any) -> nn.Module:
         args, techniques = split_arguments(name, kwargs)

@@ -59,15 +59,6 @@ def enable_checkpointing(backbone: nn.Module) -> None:
             checkpoint_blocks(module)
 
 
-def drop_token_embedding(language_model: nn.Module) -> None:
-    """Free an LLM's token-embedding table when it only ever receives `inputs_embeds`.
-
-    Vision backbones feed the LLM projected patch tokens, never token ids, so the table (0.31 B
-    parameters in Qwen2.5-3B) is dead weight: dropping it is the "as backbone" model.
-    """
-    language_model.embed_tokens = None
-
-
 def lora_target_modules(backbone: nn.Module) -> list[str]:
     """Full names of the Linear layers LoRA adapts: the named leaves inside the quantizable blocks."""
     block_ids = {id(b) for b in backbone.quantizable_blocks()}

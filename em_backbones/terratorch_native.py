@@ -9,43 +9,20 @@ channels, TerraMind keeps one token stream per modality, as it was designed.
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 from terratorch.models.backbones.clay_v1.modules import Datacuber, EmbeddingEncoder
 from terratorch.datasets.utils import HLSBands
 from terratorch.registry import TERRATORCH_BACKBONE_REGISTRY
 
+from em_backbones.activations import Architecture, vit_layer
 from em_backbones.bands import CLAY_BAND_NAMES, stacked_band_names
 from em_backbones.catalog import get_spec
+from em_backbones.contract import ContractDefaults
+from em_backbones.feature_maps import evenly_spaced_layers, stack_modalities, tokens_to_map
 from em_backbones.registration import BackboneArgs, register_backbone
 
-def evenly_spaced_layers(depth: int, count: int = 4) -> list[int]:
-    """Indices of `count` layers spread over the depth, always ending at the last layer."""
-    count = min(count, depth)
-    return sorted({round((i + 1) * depth / count) - 1 for i in range(count)})
-
-
-def tokens_to_map(tokens: torch.Tensor) -> torch.Tensor:
-    """[B, L, D] patch tokens on a square grid → [B, D, sqrt(L), sqrt(L)]."""
-    batch, length, dim = tokens.shape
-    side = math.isqrt(length)
-    if side * side != length:
-        raise ValueError(f"expected a square token grid, got {length} tokens")
-    return tokens.transpose(1, 2).reshape(batch, dim, side, side)
-
-
-def stack_modalities(x: dict[str, torch.Tensor] | torch.Tensor, modalities: list[str]) -> torch.Tensor:
-    if isinstance(x, torch.Tensor):
-        return x
-    missing = [m for m in modalities if m not in x]
-    if missing:
-        raise KeyError(f"input lacks modalities {missing}; got {sorted(x)}")
-    return torch.cat([x[m] for m in modalities], dim=1)
-
-
-class S1S2Backbone(nn.Module):
+class S1S2Backbone(ContractDefaults, nn.Module):
     """Shared contract: modalities in, selected layers out as feature maps."""
 
     def __init__(self, modalities: list[str], out_indices: list[int], width: int, patch_size: int) -> None:
@@ -64,9 +41,16 @@ class S1S2Backbone(nn.Module):
         """The transformer blocks, as quantized: each recomputes its activations in backward."""
         return self.quantizable_blocks()
 
-    def new_parameters(self) -> list[nn.Parameter]:
-        """Pretrained backbones add nothing new by default."""
-        return []
+    def block_shape(self) -> tuple[int, int, int, int]:
+        """(depth, width, MLP width, heads) of the transformer blocks, read off the first block's Linears."""
+        blocks = self.quantizable_blocks()[0]
+        linears = [m for m in blocks[0].modules() if type(m) is nn.Linear]
+        width = linears[0].in_features
+        mlp = max(m.out_features for m in linears if m.in_features == width and m.out_features != 3 * width)
+        return len(blocks), width, mlp, self.heads()
+
+    def heads(self) -> int:
+        raise NotImplementedError
 
     def select(self, maps: list[torch.Tensor]) -> list[torch.Tensor]:
         return [maps[i] for i in self.out_indices]
@@ -115,6 +99,17 @@ class PrithviS1S2(S1S2Backbone):
         """The patch embedding is rebuilt for the S1+S2 bands, so it trains even under LoRA."""
         return list(self.vit.patch_embed.parameters())
 
+    def heads(self) -> int:
+        return self.vit.blocks[0].attn.num_heads
+
+    def memory_architecture(self, img_size: int, modalities: tuple[str, ...]) -> Architecture:
+        """One token stream of grid + 1 (CLS) tokens; the rebuilt patch embedding always trains."""
+        depth, h, f, heads = self.block_shape()
+        grid = (img_size // self.patch_size) ** 2
+        bands = len(stacked_band_names(list(modalities)))
+        return Architecture([vit_layer(depth, grid + 1, h, f, heads)],
+                            outside_always=bands * img_size * img_size + (grid + 1) * h)
+
     def forward(self, x: dict[str, torch.Tensor] | torch.Tensor) -> list[torch.Tensor]:
         tokens = self.vit(stack_modalities(x, self.modalities))
         return self.select(self.vit.prepare_features_for_image_model(tokens))
@@ -136,6 +131,17 @@ class TerraMindS1S2(S1S2Backbone):
 
     def quantizable_blocks(self) -> list[nn.Module]:
         return [self.vit.encoder]
+
+    def heads(self) -> int:
+        return self.vit.encoder[0].attn.num_heads
+
+    def memory_architecture(self, img_size: int, modalities: tuple[str, ...]) -> Architecture:
+        """One token stream per modality; the per-modality patch projections keep their inputs while they train."""
+        depth, h, f, heads = self.block_shape()
+        tokens = len(modalities) * (img_size // self.patch_size) ** 2
+        bands = len(stacked_band_names(list(modalities)))
+        return Architecture([vit_layer(depth, tokens, h, f, heads)], outside_always=tokens * h,
+                            outside_trained=bands * img_size * img_size)
 
     def forward(self, x: dict[str, torch.Tensor]) -> list[torch.Tensor]:
         tokens = self.vit({m: x[m] for m in self.modalities})
@@ -171,6 +177,22 @@ class ClayS1S2(S1S2Backbone):
     def checkpointed_modules(self) -> list[nn.Module]:
         """Each layer is a ModuleList [attention, feed-forward] without a forward: its two halves."""
         return [nn.ModuleList(sub for layer in self.encoder.transformer.layers for sub in layer)]
+
+    def heads(self) -> int:
+        return self.encoder.transformer.layers[0][0].heads
+
+    def memory_architecture(self, img_size: int, modalities: tuple[str, ...]) -> Architecture:
+        """Grid + 1 tokens, two checkpointed halves per layer; the wavelength-conditioned patch embedding
+        generates its weights once per batch (a constant term)."""
+        depth, h, f, heads = self.block_shape()
+        grid = (img_size // self.patch_size) ** 2
+        bands = len(stacked_band_names(list(modalities)))
+        embedding = self.encoder.patch_embedding
+        generator = embedding.weight_generator
+        generator_ff = generator.encoder.layers[0].linear1.out_features
+        constant = 2 * (generator.num_latent_tokens + bands + 1) * generator_ff + embedding.output_dim * bands
+        return Architecture([vit_layer(depth, grid + 1, h, f, heads, checkpoints=2)], outside_always=(grid + 1) * h,
+                            outside_trained=bands * img_size * img_size, constant=constant)
 
     def forward(self, x: dict[str, torch.Tensor] | torch.Tensor) -> list[torch.Tensor]:
         pixels = stack_modalities(x, self.modalities)

@@ -90,14 +90,15 @@ def parser() -> argparse.ArgumentParser:
 
 
 def check_backbone_names(args: argparse.Namespace) -> None:
-    from em_backbones.catalog import CATALOG
+    from em_backbones.catalog import CATALOG, did_you_mean
     from search.errors import UserError
 
     names = {"check": [getattr(args, "backbone", None)], "bench": getattr(args, "backbones", None) or [],
              "memory": [args.backbone] if getattr(args, "backbone", None) else []}.get(args.command, [])
     unknown = [n for n in names if n not in CATALOG]
     if unknown:
-        raise UserError(f"unknown backbone {unknown[0]!r}; known: {', '.join(sorted(CATALOG))}")
+        raise UserError(f"unknown backbone {unknown[0]!r}{did_you_mean(unknown[0], CATALOG)}; "
+                        f"known: {', '.join(sorted(CATALOG))}")
 
 
 def run_command(args: argparse.Namespace) -> int:

@@ -42,8 +42,8 @@ def bench_rows(backbones: list[str], scales: list[str], batch_sizes: list[int], 
                     step = result.train_step
                     row.update(
                         measured=True, params=result.params, trainable=result.trainable,
-                        weight_gb_16bit=gigabytes(2 * result.params), weight_gb_32bit=gigabytes(step.parameters),
-                        forward_activation_gb=gigabytes(step.saved_activations),
+                        weight_gb_16bit=gigabytes(2 * result.params), weight_gb_32bit=gigabytes(step.weights),
+                        forward_activation_gb=gigabytes(step.activations),
                         train_step_gb=gigabytes(step.total),
                         forward_images_per_s=batch / result.forward_seconds,
                         train_images_per_s=batch / result.train_seconds,

@@ -67,8 +67,8 @@ def technique_rows(backbone: str, names: list[str], tiny_batch: int = 2, full_ba
         full = estimate(backbone, "full", t, full_batch, full_img, precision=FULL_PRECISION)
         rows.append({
             "backbone": backbone, "technique": name, **asdict(t),
-            "tiny_trainable_params": measured.trainable, "tiny_weight_gb": gigabytes(measured.train_step.parameters),
-            "tiny_measured_gb": gigabytes(measured.train_step.total), "tiny_predicted_gb": gigabytes(tiny.accounted),
+            "tiny_trainable_params": measured.trainable, "tiny_weight_gb": gigabytes(measured.train_step.weights),
+            "tiny_measured_gb": gigabytes(measured.train_step.total), "tiny_predicted_gb": gigabytes(tiny.total),
             "full_trainable_params": full.trainable_params, "full_weight_gb": gigabytes(full.weights),
             "full_optimizer_gb": gigabytes(full.gradients + full.optimizer_state),
             "full_activation_gb": gigabytes(full.activations + full.recompute),
@@ -132,10 +132,10 @@ def validation_rows(configs: list[tuple[str, str, int]]) -> list[dict[str, Any]]
         result, predicted = measured_and_predicted(backbone, technique, batch)
         measured = result.train_step
         rows.append({"backbone": backbone, "technique": technique, "batch_size": batch,
-                     "measured_gb": gigabytes(measured.total), "predicted_gb": gigabytes(predicted.accounted),
-                     "measured_activation_gb": gigabytes(measured.saved_activations),
+                     "measured_gb": gigabytes(measured.total), "predicted_gb": gigabytes(predicted.total),
+                     "measured_activation_gb": gigabytes(measured.activations),
                      "predicted_activation_gb": gigabytes(predicted.activations),
-                     "relative_error": (predicted.accounted - measured.total) / measured.total})
+                     "relative_error": (predicted.total - measured.total) / measured.total})
     return rows
 
 

@@ -9,7 +9,7 @@ from em_backbones.memory import (
     CPU_METHOD,
     CUDA_METHOD,
     SavedActivationCounter,
-    StepMemory,
+    MemoryBreakdown,
     gradient_bytes,
     optimizer_state_bytes,
     weight_bytes,
@@ -21,7 +21,7 @@ class PeakMemoryMeter(pl.Callback):
 
     def __init__(self) -> None:
         self.peak_bytes = 0
-        self.peak_breakdown: StepMemory | None = None
+        self.peak_breakdown: MemoryBreakdown | None = None
         self._counter: SavedActivationCounter | None = None
         self.on_cuda = False
 
@@ -43,13 +43,13 @@ class PeakMemoryMeter(pl.Callback):
             return
         self._counter.__exit__(None, None, None)
         optimizers = trainer.optimizers
-        step = StepMemory(
-            parameters=weight_bytes(pl_module),
+        step = MemoryBreakdown(
+            weights=weight_bytes(pl_module),
             gradients=gradient_bytes(pl_module),
             # The optimizer allocates its state at the first step, so from the second step on this
             # is the real state; the peak is taken over all steps of the trial.
             optimizer_state=sum(optimizer_state_bytes(o) for o in optimizers),
-            saved_activations=self._counter.bytes,
+            activations=self._counter.bytes,
         )
         self._counter = None
         if step.total > self.peak_bytes:

@@ -17,7 +17,7 @@ from terratorch.registry import BACKBONE_REGISTRY
 import em_backbones  # noqa: F401  (registers the backbones)
 from em_backbones.techniques_config import Techniques
 from em_backbones.counting import backbone_params, published_params
-from em_backbones.memory import SavedActivationCounter, StepMemory, gradient_bytes, optimizer_state_bytes, \
+from em_backbones.memory import SavedActivationCounter, MemoryBreakdown, gradient_bytes, optimizer_state_bytes, \
     weight_bytes
 from search.data import SAMPLE_DATA
 
@@ -53,7 +53,7 @@ class ProbeResult:
     finite: bool
     params: int
     trainable: int
-    train_step: StepMemory
+    train_step: MemoryBreakdown
     forward_seconds: float
     train_seconds: float
 
@@ -68,7 +68,7 @@ def probe(name: str, scale: str, batch_size: int, img_size: int, train_step: boo
         outputs = model(batch)
         forward_seconds = time.perf_counter() - started
     stacked = torch.cat([o.detach().flatten().float() for o in outputs])
-    memory, train_seconds = StepMemory(weight_bytes(model), 0, 0, 0), float("nan")
+    memory, train_seconds = MemoryBreakdown(weight_bytes(model), 0, 0, 0), float("nan")
     if train_step:
         model.train()
         optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
@@ -76,7 +76,7 @@ def probe(name: str, scale: str, batch_size: int, img_size: int, train_step: boo
             started = time.perf_counter()
             with SavedActivationCounter(exclude=model) as counter:
                 loss = sum(o.float().square().mean() for o in model(batch))
-            memory = StepMemory(weight_bytes(model), gradient_bytes(model), optimizer_state_bytes(optimizer),
+            memory = MemoryBreakdown(weight_bytes(model), gradient_bytes(model), optimizer_state_bytes(optimizer),
                                 counter.bytes)
             loss.backward()
             optimizer.step()

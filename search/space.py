@@ -10,7 +10,6 @@ This module imports no torch, TerraTorch or transformers: the driver plans with 
 
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -18,7 +17,7 @@ from typing import Any, Callable
 import yaml
 
 from em_backbones.bands import MODALITY_BANDS
-from em_backbones.catalog import CATALOG, SEARCHED_TIERS
+from em_backbones.catalog import CATALOG, SEARCHED_TIERS, did_you_mean
 from em_backbones.techniques_config import PRECISION_BYTES, Techniques, knob_default, searched_knobs, \
     technique_knobs
 from search.errors import UserError
@@ -151,8 +150,7 @@ class _Checker:
     def no_unknown(self, raw: dict, allowed: set[str], prefix: str = "") -> None:
         for key in raw:
             if key not in allowed:
-                close = difflib.get_close_matches(str(key), sorted(allowed), n=1)
-                hint = f" (did you mean '{prefix}{close[0]}'?)" if close else ""
+                hint = did_you_mean(key, allowed, prefix)
                 raise SpaceError(f"{self.source}: unknown field '{prefix}{key}'{hint}; "
                                  f"allowed: {', '.join(sorted(allowed))}")
 
@@ -235,9 +233,8 @@ def parse_tiers(c: _Checker, raw: Any) -> dict[int, tuple[str, ...]]:
             c.fail(f"tiers.{tier}", "a non-empty list of backbone names", names)
         for name in names:
             if name not in CATALOG:
-                close = difflib.get_close_matches(str(name), sorted(CATALOG), n=1)
-                hint = f" (did you mean '{close[0]}'?)" if close else ""
-                raise SpaceError(f"{c.source}: field 'tiers.{tier}': unknown backbone {name!r}{hint}; "
+                raise SpaceError(f"{c.source}: field 'tiers.{tier}': unknown backbone {name!r}"
+                                 f"{did_you_mean(name, CATALOG)}; "
                                  f"known: {', '.join(sorted(CATALOG))}")
             if CATALOG[name].tier != tier:
                 c.fail(f"tiers.{tier}", f"backbones of tier {tier} ({name} is tier {CATALOG[name].tier})", name)

@@ -92,7 +92,7 @@ def write_summary(outcome: RunOutcome) -> None:
 
 
 def format_spread(stats: dict[str, float | None]) -> str:
-    """`mean ± std` (std only from two runs), with the IQM where there were enough runs; a dash where none completed."""
+    """`mean ± std` (std from two runs on), the IQM where there were enough runs; a dash where none completed."""
     if stats["mean"] is None:
         return "–"
     text = f"{stats['mean']:.4f}" + (f" ± {stats['std']:.4f}" if stats["std"] is not None else " (1 run)")

@@ -98,6 +98,7 @@ def verdict_lines(rows: list[dict[str, Any]]) -> list[str]:
         parts = []
         for r in mine:
             noise = "" if r["noise"] is None else f" {r['noise']:.4f}"
-            parts.append(f"{r['split']} {r['winner']:.4f} vs {r['other']:.4f} ({r['lead']:+.4f}: {r['verdict']}{noise})")
+            parts.append(f"{r['split']} {r['winner']:.4f} vs {r['other']:.4f} "
+                         f"({r['lead']:+.4f}: {r['verdict']}{noise})")
         lines.append(f"  vs {name}: " + "; ".join(parts))
     return lines

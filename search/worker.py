@@ -103,10 +103,10 @@ class EpochReporter(pl.Callback):
         }
         if breakdown is not None:
             metrics.update({
-                "param_gb": gigabytes(breakdown.parameters),
+                "param_gb": gigabytes(breakdown.weights),
                 "grad_gb": gigabytes(breakdown.gradients),
                 "optimizer_gb": gigabytes(breakdown.optimizer_state),
-                "activation_gb": gigabytes(breakdown.saved_activations),
+                "activation_gb": gigabytes(breakdown.activations),
             })
         self.last = metrics
         self.report(metrics)

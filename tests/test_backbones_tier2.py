@@ -73,7 +73,19 @@ def test_local_checkpoint_loads_identical_weights(name, inner, tmp_path):
 
 
 def test_unsupported_technique_settings_are_refused_by_name():
-    with pytest.raises(ValueError, match="quantization_bits must be one of"):
+    with pytest.raises(ValueError, match=r"quantization_bits: expected one of \[4, 8, 16\], got 3"):
         BACKBONE_REGISTRY.build("em_prithvi", scale="tiny", img_size=112, quantization_bits=3)
-    with pytest.raises(ValueError, match="lora_rank must be >= 0"):
+    with pytest.raises(ValueError, match=r"lora_rank: expected an integer >= 0 \(0 = off\), got -1"):
         BACKBONE_REGISTRY.build("em_prithvi", scale="tiny", img_size=112, lora_rank=-1)
+
+
+def test_a_misspelt_backbone_argument_in_a_terratorch_config_is_an_error_naming_the_closest():
+    """TerraTorch's factory refuses leftover arguments; ours must not silently train without LoRA either."""
+    from terratorch.models import EncoderDecoderFactory
+
+    with pytest.raises(ValueError, match=r"^em_clay: unknown backbone argument 'backbone_lora_rnak' "
+                                         r"\(did you mean 'backbone_lora_rank'\?\)$"):
+        EncoderDecoderFactory().build_model(task="segmentation", backbone="em_clay", backbone_lora_rnak=4,
+                                            backbone_img_size=112, decoder="UperNetDecoder", num_classes=2)
+    with pytest.raises(ValueError, match="unknown backbone argument 'backbone_frobnicate'$"):
+        BACKBONE_REGISTRY.build("em_prithvi", scale="tiny", img_size=112, frobnicate=True)

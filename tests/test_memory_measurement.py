@@ -38,14 +38,14 @@ def test_breakdown_matches_model_and_optimizer():
     params = sum(p.numel() * 4 for p in task.parameters())
     buffers = sum(t.numel() * t.element_size() for t in task.buffers())  # e.g. the decoder's BatchNorm statistics
     b = meter.peak_breakdown
-    assert b.parameters == params + buffers and b.gradients == params
+    assert b.weights == params + buffers and b.gradients == params
     assert b.optimizer_state >= 2 * params  # AdamW keeps two moments per parameter (measured after step 1)
-    assert b.saved_activations > 0 and meter.peak_bytes == b.total
+    assert b.activations > 0 and meter.peak_bytes == b.total
     assert meter.method.startswith("cpu_accounting")
 
 
 def test_activation_bytes_grow_linearly_with_batch():
-    acts = {b: measure("em_clay", batch_size=b)[0].peak_breakdown.saved_activations for b in (2, 4, 8)}
+    acts = {b: measure("em_clay", batch_size=b)[0].peak_breakdown.activations for b in (2, 4, 8)}
     # Batch-independent saved tensors (Clay's generated patch-embedding weights) cancel in the
     # differences; what is left must scale with the batch: twice the step, twice the bytes.
     assert acts[2] < acts[4] < acts[8]
@@ -55,12 +55,12 @@ def test_activation_bytes_grow_linearly_with_batch():
 def test_memory_grows_with_model_size():
     clay, _ = measure("em_clay", batch_size=2)
     prithvi, _ = measure("em_prithvi", batch_size=2)
-    assert prithvi.peak_breakdown.parameters > 2 * clay.peak_breakdown.parameters
+    assert prithvi.peak_breakdown.weights > 2 * clay.peak_breakdown.weights
     assert prithvi.peak_bytes > clay.peak_bytes
 
 
 def test_checkpointing_lowers_saved_activations():
     plain, _ = measure("em_terramind", batch_size=2)
     checkpointed, _ = measure("em_terramind", batch_size=2, checkpointing=True)
-    assert checkpointed.peak_breakdown.saved_activations < 0.7 * plain.peak_breakdown.saved_activations
-    assert checkpointed.peak_breakdown.parameters == plain.peak_breakdown.parameters
+    assert checkpointed.peak_breakdown.activations < 0.7 * plain.peak_breakdown.activations
+    assert checkpointed.peak_breakdown.weights == plain.peak_breakdown.weights
