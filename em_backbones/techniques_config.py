@@ -49,6 +49,7 @@ class Knob:
     valid: Callable[[Any], bool]
     column: str  # pyarrow type name of its results.parquet column: "int64", "bool_", "string", "float64"
     label: str  # report axis title
+    short: str = ""  # heading of its column in the printed trial table (searched knobs)
 
 
 def knob(default: Any, **spec: Any) -> Any:
@@ -60,19 +61,20 @@ class Techniques:
     """The memory settings of one backbone; every default is off."""
 
     quantization_bits: int = knob(16, searched=True, expected=f"one of {list(SUPPORTED_BITS)}",
-                                  valid=_one_of(SUPPORTED_BITS), column="int64", label="quantization bits")
+                                  valid=_one_of(SUPPORTED_BITS), column="int64", label="quantization bits",
+                                  short="bits")
     quant_type: str = knob("nf4", searched=False, expected=f"one of {list(QUANT_TYPES)}", valid=_one_of(QUANT_TYPES),
                            column="string", label="4-bit format")
     double_quant: bool = knob(True, searched=False, expected="true or false", valid=_is_bool, column="bool_",
                               label="double quantization")
     lora_rank: int = knob(0, searched=True, expected="an integer >= 0 (0 = off)", valid=_int_at_least(0),
-                          column="int64", label="LoRA rank")
+                          column="int64", label="LoRA rank", short="lora")
     lora_alpha: float | None = knob(None, searched=False, expected="a number > 0 or null (2 x rank)", valid=_alpha,
                                     column="float64", label="LoRA alpha")
     lora_dropout: float = knob(0.0, searched=False, expected="a number in [0, 1)", valid=_dropout, column="float64",
                                label="LoRA dropout")
     gradient_checkpointing: bool = knob(False, searched=True, expected="true or false", valid=_is_bool,
-                                        column="bool_", label="gradient checkpointing")
+                                        column="bool_", label="gradient checkpointing", short="ckpt")
 
     def __post_init__(self) -> None:
         for name, spec in technique_knobs().items():

@@ -22,6 +22,7 @@ import pyarrow as pa
 from ray import tune
 from scipy.stats import trim_mean
 
+from em_backbones.techniques_config import searched_knobs
 from search.export import write_results
 from search.results import SCHEMA, STATUS_COMPLETED, ranked, trial_rows
 from search.space import SEARCHED_PARAMS, Space, TechniqueSpace
@@ -98,8 +99,7 @@ def aggregate(confirm_rows: list[dict[str, Any]], search_rows: list[dict[str, An
         source = by_id[runs[0]["source_trial_id"]]
         summary.append({
             "rank": rank, "source_trial_id": source["trial_id"], "backbone": source["backbone"],
-            "quantization_bits": source["quantization_bits"], "lora_rank": source["lora_rank"],
-            "gradient_checkpointing": source["gradient_checkpointing"], "learning_rate": source["learning_rate"],
+            **{name: source[name] for name in searched_knobs()}, "learning_rate": source["learning_rate"],
             "batch_size": source["batch_size"], "search_val_miou": source["val_miou"],
             "search_objective": source["objective"], "runs": len(runs), "completed": len(done),
             "seeds": [r["seed"] for r in done], **spreads(done),

@@ -186,21 +186,25 @@ def slot_utilisation(rows: list[dict[str, Any]], slots: int, search_wall_seconds
 
 
 def summary_table(rows: list[dict[str, Any]], top: int = 10) -> str:
-    header = f"{'trial':<14} {'backbone':<13} {'status':<13} {'ep':>2} {'bits':>4} {'lora':>4} {'ckpt':>4} " \
-             f"{'lr':>8} {'bs':>3} {'val mIoU':>9} {'peak GB':>8} {'pred GB':>8} {'mIoU/GB':>9}"
+    """The printed trial table, best first; one column per searched technique knob."""
+    knobs = [(name, spec.short or name, max(len(spec.short or name), 4)) for name, spec in technique_knobs().items()
+             if spec.searched]
+
+    def fmt(value: Any, spec: str) -> str:
+        if isinstance(value, bool):
+            value = "yes" if value else "no"
+        return format(value, spec) if value is not None else format("-", spec.rstrip(".0123456789ef") or ">1")
+
+    header = (f"{'trial':<14} {'backbone':<13} {'status':<13} {'ep':>2} "
+              + "".join(f"{short:>{width}} " for _, short, width in knobs)
+              + f"{'lr':>8} {'bs':>3} {'val mIoU':>9} {'peak GB':>8} {'pred GB':>8} {'mIoU/GB':>9}")
     lines = [header, "-" * len(header)]
-    ranked = sorted(rows, key=lambda r: (r["objective"] is None, -(r["objective"] or 0.0)))
-    for r in ranked[:top]:
-        def fmt(v, spec):
-            return format(v, spec) if v is not None else "-"
+    for r in sorted(rows, key=lambda r: (r["objective"] is None, -(r["objective"] or 0.0)))[:top]:
         lines.append(
             f"{r['trial_id'][-14:]:<14} {str(r['backbone']):<13} {r['status']:<13} {r['epochs_run']:>2} "
-            f"{fmt(r['quantization_bits'], '>4')} {fmt(r['lora_rank'], '>4')} "
-            f"{'yes' if r['gradient_checkpointing'] else 'no':>4} {fmt(r['learning_rate'], '>8.1e')} "
-            f"{fmt(r['batch_size'], '>3')} {fmt(r['val_miou'], '>9.4f')} {fmt(r['peak_gb'], '>8.4f')} "
-            f"{fmt(r['predicted_gb'], '>8.4f')} "
-            f"{fmt(r['objective'], '>9.3f')}"
-        )
+            + "".join(f"{fmt(r[name], f'>{width}')} " for name, _, width in knobs)
+            + f"{fmt(r['learning_rate'], '>8.1e')} {fmt(r['batch_size'], '>3')} {fmt(r['val_miou'], '>9.4f')} "
+            f"{fmt(r['peak_gb'], '>8.4f')} {fmt(r['predicted_gb'], '>8.4f')} {fmt(r['objective'], '>9.3f')}")
         if r["error"]:
             lines.append(f"{'':<14} error: {r['error'][:100]}")
     return "\n".join(lines)

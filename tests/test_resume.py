@@ -21,18 +21,23 @@ from search.study import load_study
 from tests.conftest import REPO, small_space
 
 
-def finished_trials(out: Path, epochs: int) -> dict[str, list[dict]]:
-    """trial id → the results Tune recorded for it, for trials whose last epoch is recorded."""
-    done = {}
+def recorded(out: Path) -> dict[str, list[dict]]:
+    """trial id → the results Tune has recorded for it so far."""
+    trials = {}
     for result_file in (out / "tune").glob("run_trial_*/result.json"):
         results = [json.loads(line) for line in result_file.read_text().splitlines() if line.strip()]
-        if results and results[-1].get("epoch") == epochs:
-            done[results[-1]["trial_id"]] = results
-    return done
+        if results:
+            trials[results[-1]["trial_id"]] = results
+    return trials
+
+
+def finished_trials(out: Path, epochs: int) -> dict[str, list[dict]]:
+    """trial id → the results Tune recorded for it, for trials whose last epoch is recorded."""
+    return {trial: results for trial, results in recorded(out).items() if results[-1].get("epoch") == epochs}
 
 
 def test_sigkilled_search_resumes_without_losing_or_rerunning_trials(real_chips, tmp_path):
-    epochs = 1
+    epochs = 10  # a warm trial of 10 tiny epochs lasts seconds: time to kill the driver in the middle of it
     space = small_space(real_chips, tiers={2: ["em_prithvi"]}, **{
         "techniques.gradient_checkpointing": [False], "training.num_samples": 2, "training.epochs": epochs,
         "training.grace_period": epochs, "resources.max_concurrent_trials": 1})
@@ -42,11 +47,16 @@ def test_sigkilled_search_resumes_without_losing_or_rerunning_trials(real_chips,
     driver = subprocess.Popen([sys.executable, "-m", "search", "run", str(space_file), "--out", str(out)],
                               cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.monotonic() + 300
-    while not (before := finished_trials(out, epochs)) and time.monotonic() < deadline and driver.poll() is None:
-        time.sleep(0.5)
-    assert before, "no trial finished before the deadline"
-    time.sleep(3)  # well into the next trial
+    # Kill the driver once one trial has finished and Optuna has handed out the second (Tune writes a trial's
+    # result.json late, so the journal is what says the second trial started).
+    while time.monotonic() < deadline and driver.poll() is None:
+        if finished_trials(out, epochs) and len(load_study(out, space["name"]).trials) >= 2:
+            break
+        time.sleep(0.05)
+    time.sleep(0.5)
     driver.send_signal(signal.SIGKILL)
+    before = finished_trials(out, epochs)
+    assert len(before) == 1, f"expected one finished trial at the kill, saw {sorted(recorded(out))}"
     driver.wait()
     kill_session(driver.pid)  # the embedded Ray the killed driver started
     assert not (out / "results.parquet").exists()
