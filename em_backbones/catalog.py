@@ -32,6 +32,7 @@ class BackboneSpec:
     required_sensors: tuple[str, ...] = ()  # modality prefixes the backbone cannot work without ("S1", "S2")
     decoder: str | None = None  # a decoder the backbone needs whatever the space names (the U-Net has its own)
     estimated: bool = True  # em_backbones/estimate.py models its memory
+    extra_args: dict[str, Any] = field(default_factory=dict)  # family-specific backbone_* arguments and defaults
 
 
 def did_you_mean(word: str, options, prefix: str = "") -> str:
@@ -114,6 +115,7 @@ CATALOG: dict[str, BackboneSpec] = {
                  vision=INTERNVIT_6B, published=40.1e9,
                  description="InternVL2-40B: InternViT-6B + projector + Nous-Hermes-2-Yi-34B (Llama)"),
         internvl("earthmind_v1", 1, "qwen2", QWEN25_3B, published=3.71e9, required_sensors=("S1", "S2"),
+                 extra_args={"alignment_weight": 1.0},
                  description="EarthMind-v1 (InternVL2.5-4B based): SAR and optical through one shared InternViT, "
                              "token reweighting, concatenation before the LLM; SAM2 left out"),
         # ibm-granite/granite-4.0-h-tiny: 40 layers, 4 of them attention; 64 experts, top-6; NoPE.

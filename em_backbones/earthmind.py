@@ -9,7 +9,12 @@ out: a TerraTorch decoder takes its place.
 
 As a backbone: the LLM's hidden states over the 2N visual tokens are split back into the SAR and
 optical halves, and the two grids are concatenated along channels, so the decoder sees both streams.
-The alignment loss of the last forward pass is kept in `alignment_loss` for a task to add.
+The alignment loss enters training as published, without changing TerraTorch's task: the backbone
+argument `alignment_weight` (default 1.0: the paper adds the alignment term to its objective, and
+no other weight is given in the text we could read) makes backward give the loss the gradient it
+would get as `alignment_weight * alignment_loss` in the total (`AddAuxiliaryLoss`, the device
+mixture-of-experts code uses for auxiliary losses). The last forward's value stays in
+`alignment_loss`.
 """
 
 from __future__ import annotations
@@ -24,7 +29,24 @@ from em_backbones.bands import bands_of
 from em_backbones.catalog import get_spec
 from em_backbones.internvl import BandAdapter, InternVLFamily, load_or_build_vlm
 from em_backbones.registration import BackboneArgs, register_backbone
+
+ALIGNMENT_WEIGHT = get_spec("earthmind_v1").extra_args["alignment_weight"]
 from em_backbones.feature_maps import drop_token_embedding, evenly_spaced_layers
+
+
+class AddAuxiliaryLoss(torch.autograd.Function):
+    """Returns `x` unchanged; backward also sends `weight` into `loss`, as if `weight * loss` were in the objective."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, loss: torch.Tensor, weight: float) -> torch.Tensor:
+        ctx.weight = weight
+        ctx.save_for_backward(loss)
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (loss,) = ctx.saved_tensors
+        return grad, torch.full_like(loss, ctx.weight), None
 
 
 class TokenReweighting(nn.Module):
@@ -73,6 +95,7 @@ class EarthMindBackbone(InternVLFamily, nn.Module):
         self.out_channels = [2 * width] * len(self.out_indices)
         self.patch_size = get_spec("earthmind_v1").patch_size
         self.alignment_loss = torch.zeros(())
+        self.alignment_weight = float(args.extra.get("alignment_weight", ALIGNMENT_WEIGHT))
 
     def new_parameters(self) -> list[nn.Parameter]:
         """Adapters and reweighting are EarthMind's own fusion layers; they train under LoRA too."""
@@ -99,7 +122,10 @@ class EarthMindBackbone(InternVLFamily, nn.Module):
         def grid(t: torch.Tensor) -> torch.Tensor:
             return t.transpose(1, 2).reshape(batch, -1, side, side)
 
-        return [torch.cat([grid(hidden[i][:, :n]), grid(hidden[i][:, n:])], dim=1) for i in self.out_indices]
+        maps = [torch.cat([grid(hidden[i][:, :n]), grid(hidden[i][:, n:])], dim=1) for i in self.out_indices]
+        if self.training and torch.is_grad_enabled() and self.alignment_weight:
+            maps[-1] = AddAuxiliaryLoss.apply(maps[-1], self.alignment_loss, self.alignment_weight)
+        return maps
 
 
 earthmind_v1 = register_backbone("earthmind_v1", EarthMindBackbone)

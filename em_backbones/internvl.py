@@ -108,18 +108,30 @@ class InternVLFamily(ContractDefaults):
             return count(InternVLForConditionalGeneration(internvl_config(name, "full")))
 
 
+# What each of the tower's three input channels starts as: Sentinel-2's red, green, blue where there are optical
+# bands; else the dual-polarisation SAR composite (VV, VH, VV/VH — a difference of normalised dB values).
+RGB_START = {"B04": ((0, 1.0),), "B03": ((1, 1.0),), "B02": ((2, 1.0),)}
+SAR_START = {"VV": ((0, 1.0), (2, 1.0)), "VH": ((1, 1.0), (2, -1.0))}
+
+
 class BandAdapter(nn.Module):
-    """Learned 1x1 convolution from all S1+S2 bands to the three channels the tower was trained on."""
+    """Learned 1x1 convolution from all S1+S2 bands to the three channels the tower was trained on.
+
+    It starts as a pass-through of the bands that are closest to what the tower knows (optical red,
+    green, blue; or the usual SAR false-colour composite when there are no optical bands), so at
+    initialisation every input stream reaches the tower, and the adapter learns how the rest adds to it.
+    """
 
     def __init__(self, band_names: list[str]) -> None:
         super().__init__()
         self.proj = nn.Conv2d(len(band_names), 3, kernel_size=1)
+        start = RGB_START if any(band in band_names for band in RGB_START) else SAR_START
         with torch.no_grad():
             self.proj.weight.zero_()
             self.proj.bias.zero_()
-            for out_channel, band in enumerate(("B04", "B03", "B02")):
-                if band in band_names:
-                    self.proj.weight[out_channel, band_names.index(band)] = 1.0
+            for band, targets in start.items():
+                for out_channel, weight in targets if band in band_names else ():
+                    self.proj.weight[out_channel, band_names.index(band)] = weight
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.proj(x)

@@ -9,7 +9,7 @@ the closest valid one, as TerraTorch's own factory refuses leftover arguments: a
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any, Callable
 
 from terratorch.registry import TERRATORCH_BACKBONE_REGISTRY
@@ -35,9 +35,10 @@ class BackboneArgs:
     pretrained: bool = False
     ckpt_path: str | None = None
     out_indices: list[int] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)  # the family's own arguments (catalog: extra_args)
 
 
-BUILD_KEYS = tuple(f.name for f in fields(BackboneArgs) if f.name != "name")
+BUILD_KEYS = tuple(f.name for f in fields(BackboneArgs) if f.name not in ("name", "extra"))
 
 
 class UnknownBackboneArgument(ValueError):
@@ -46,14 +47,15 @@ class UnknownBackboneArgument(ValueError):
 
 def split_arguments(name: str, kwargs: dict[str, Any]) -> tuple[BackboneArgs, Techniques]:
     """Backbone arguments and techniques out of the factory's keywords; unknown keys are refused."""
-    valid = [*BUILD_KEYS, *technique_knobs(), *FACTORY_KEYS]
+    extra_args = get_spec(name).extra_args
+    valid = [*BUILD_KEYS, *technique_knobs(), *extra_args, *FACTORY_KEYS]
     for key in kwargs:
         if key not in valid:
             raise UnknownBackboneArgument(f"{name}: unknown backbone argument 'backbone_{key}'"
                                           f"{did_you_mean(key, valid, 'backbone_')}")
     build = {k: v for k, v in kwargs.items() if k in BUILD_KEYS}
     build["modalities"] = list(build.get("modalities") or DEFAULT_MODALITIES)
-    args = BackboneArgs(name, **build)
+    args = BackboneArgs(name, **build, extra={k: kwargs.get(k, default) for k, default in extra_args.items()})
     if args.scale not in SCALES:
         raise ValueError(f"{name}: scale must be one of {SCALES}, got {args.scale!r}")
     if args.img_size is None:

@@ -32,6 +32,7 @@ def model_init_args(space: Space, params: dict[str, Any], num_classes: int, moda
             "backbone_img_size": tile_size,
             "backbone_pretrained": False,
             **space.techniques.of(params).backbone_args(),
+            **{f"backbone_{k}": v for k, v in spec.extra_args.items()},
             "decoder": spec.decoder or space.decoder.name,
             **({} if spec.decoder else {"decoder_channels": space.decoder.channels}),
             "num_classes": num_classes,

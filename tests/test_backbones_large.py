@@ -87,6 +87,49 @@ def test_earthmind_keeps_two_streams_and_alignment_loss():
         BACKBONE_REGISTRY.build("earthmind_v1", scale="tiny", img_size=112, modalities=["S2L2A"])
 
 
+def test_earthmind_sar_stream_reaches_the_output_at_initialisation():
+    """The SAR adapter starts as the VV, VH, VV-VH composite, not zeros: SAR changes the output before training."""
+    torch.manual_seed(0)
+    model = BACKBONE_REGISTRY.build("earthmind_v1", scale="tiny", img_size=112).eval()
+    weight = model.sar_adapter.proj.weight[:, :, 0, 0]
+    assert weight.tolist() == [[1.0, 0.0], [0.0, 1.0], [1.0, -1.0]]
+    batch = s1s2_batch()
+    quiet = {**batch, "S1RTC": torch.zeros_like(batch["S1RTC"])}
+    with torch.no_grad():
+        with_sar, without_sar = model(batch), model(quiet)
+    sar_half = with_sar[-1].shape[1] // 2
+    assert (with_sar[-1][:, :sar_half] - without_sar[-1][:, :sar_half]).abs().max() > 1e-3
+
+
+def test_earthmind_alignment_loss_enters_the_training_loss_with_its_weight():
+    """The gradient a task loss produces through the backbone is that loss's plus weight x the alignment loss's."""
+    def gradients(weight: float, loss_of=lambda model, maps: maps[-1].square().mean()) -> torch.Tensor:
+        torch.manual_seed(0)
+        model = BACKBONE_REGISTRY.build("earthmind_v1", scale="tiny", img_size=112, alignment_weight=weight).train()
+        loss_of(model, model(s1s2_batch())).backward()
+        return model.sar_adapter.proj.weight.grad.clone()
+
+    task_only, once, twice = gradients(0.0), gradients(1.0), gradients(2.0)
+    alignment_only = gradients(0.0, loss_of=lambda model, maps: model.alignment_loss)
+    assert torch.allclose(once - task_only, alignment_only, rtol=1e-4, atol=1e-7)
+    assert torch.allclose(twice - task_only, 2 * alignment_only, rtol=1e-4, atol=1e-7)
+    assert alignment_only.abs().sum() > 0
+
+
+def test_the_alignment_weight_is_a_backbone_argument_best_yaml_carries():
+    from search.space import parse_space
+    from search.terratorch_config import model_init_args
+    from tests.conftest import small_space
+
+    space = parse_space(small_space(None, tiers={1: ["earthmind_v1"]}))
+    params = {"backbone": "earthmind_v1", "quantization_bits": 16, "lora_rank": 0, "gradient_checkpointing": False,
+              "learning_rate": 1e-3}
+    args = model_init_args(space, params, 10, ["S1RTC", "S2L2A"], 112)["model_args"]
+    assert args["backbone_alignment_weight"] == get_spec("earthmind_v1").extra_args["alignment_weight"] == 1.0
+    with pytest.raises(ValueError, match="unknown backbone argument 'backbone_alignment_weight'"):
+        BACKBONE_REGISTRY.build("internvl2_4b", scale="tiny", img_size=112, alignment_weight=1.0)
+
+
 @pytest.mark.parametrize("name, hf_attr", [("internvl2_4b", "vlm"), ("earthmind_v1", "vlm"), ("granite_4_tiny", "llm")])
 def test_local_hugging_face_directory_loads_identical_weights(name, hf_attr, tmp_path):
     torch.manual_seed(0)
