@@ -53,16 +53,35 @@ INTERNVIT_300M = dict(hidden_size=1024, num_hidden_layers=24, num_attention_head
                       attention_bias=True, use_qk_norm=False, norm_type="layer_norm")
 INTERNVIT_6B = dict(hidden_size=3200, num_hidden_layers=45, num_attention_heads=25, intermediate_size=12800,
                     attention_bias=False, use_qk_norm=True, norm_type="rms_norm")
-TINY_WIDTHS = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128)
+TINY_HEAD = 16  # tiny scales keep the published ratios with 16-wide heads: FFN/hidden, KV/hidden, depth ratios
+
+
+def tiny_of(full: dict, layers: int, vocab: int | None = None) -> dict:
+    """A reduced copy of a full config: 16-wide heads, the same head count ratio to KV heads, the same FFN/hidden
+    ratio, `layers` layers; everything else (norms, bias, QK-norm) as published."""
+    heads = full["num_attention_heads"]
+    width = full["hidden_size"] // heads  # the published head width
+    scale = TINY_HEAD / width
+    tiny = dict(full, hidden_size=heads * TINY_HEAD, num_hidden_layers=layers,
+                intermediate_size=round(full["intermediate_size"] * scale))
+    if "num_key_value_heads" in full:  # grouped-query attention: one KV head for heads / (heads / kv)
+        tiny.update(num_attention_heads=heads // full["num_key_value_heads"], num_key_value_heads=1,
+                    hidden_size=heads // full["num_key_value_heads"] * TINY_HEAD,
+                    intermediate_size=round(full["intermediate_size"] * heads // full["num_key_value_heads"]
+                                            * TINY_HEAD / full["hidden_size"]))
+    if vocab is not None:
+        tiny["vocab_size"] = vocab
+    return tiny
 
 
 def internvl(name: str, tier: int, text_model: str, full_text: dict, description: str, published: float,
-             vision: dict = INTERNVIT_300M, **extra) -> BackboneSpec:
+             tiny_layers: tuple[int, int], vision: dict = INTERNVIT_300M, **extra) -> BackboneSpec:
     """An InternVL backbone: `vision` tower arguments, the LLM as `text_model` ("qwen2" or "llama") arguments.
-    Tiny keeps the full model's norm, QK-norm, bias and text-model class; few layers, small width."""
+    Tiny keeps the full model's norm, QK-norm, bias and text-model class, and its width ratios
+    (`tiny_of`); `tiny_layers`: (vision, LLM) depths, in the ratio of the published ones where it matters."""
     scales = {"full": {"vision": vision, "text_model": text_model, "text": full_text},
-              "tiny": {"vision": dict(vision, **TINY_WIDTHS), "text_model": text_model,
-                       "text": dict(TINY_WIDTHS, num_key_value_heads=2, vocab_size=256)}}
+              "tiny": {"vision": tiny_of(vision, tiny_layers[0]), "text_model": text_model,
+                       "text": tiny_of(full_text, tiny_layers[1], vocab=256)}}
     return BackboneSpec(name=name, tier=tier, family="internvl", description=description, scales=scales,
                         published_params=published, patch_size=28, native_img_size=448, **extra)
 
@@ -104,17 +123,18 @@ CATALOG: dict[str, BackboneSpec] = {
             decoder="IdentityDecoder",
             estimated=False,
         ),
-        internvl("internvl2_4b", 1, "qwen2", QWEN25_3B, published=3.71e9,
+        internvl("internvl2_4b", 1, "qwen2", QWEN25_3B, published=3.71e9, tiny_layers=(2, 2),
                  description="InternVL2.5-4B: InternViT-300M + pixel shuffle + MLP projector + Qwen2.5-3B"),
         internvl("internvl2_26b", 3, "llama", dict(hidden_size=6144, num_hidden_layers=48, num_attention_heads=48,
                                                    num_key_value_heads=8, intermediate_size=16384, vocab_size=92553),
-                 vision=INTERNVIT_6B, published=25.5e9,
+                 vision=INTERNVIT_6B, published=25.5e9, tiny_layers=(3, 4),  # LLM depth 48 : 60 = 4 : 5
                  description="InternVL2-26B: InternViT-6B + projector + InternLM2-20B (Llama-shaped)"),
         internvl("internvl2_40b", 3, "llama", dict(hidden_size=7168, num_hidden_layers=60, num_attention_heads=56,
                                                    num_key_value_heads=8, intermediate_size=20480, vocab_size=64000),
-                 vision=INTERNVIT_6B, published=40.1e9,
+                 vision=INTERNVIT_6B, published=40.1e9, tiny_layers=(3, 5),
                  description="InternVL2-40B: InternViT-6B + projector + Nous-Hermes-2-Yi-34B (Llama)"),
-        internvl("earthmind_v1", 1, "qwen2", QWEN25_3B, published=3.71e9, required_sensors=("S1", "S2"),
+        internvl("earthmind_v1", 1, "qwen2", QWEN25_3B, published=3.71e9, tiny_layers=(2, 2),
+                 required_sensors=("S1", "S2"),
                  extra_args={"alignment_weight": 1.0},
                  description="EarthMind-v1 (InternVL2.5-4B based): SAR and optical through one shared InternViT, "
                              "token reweighting, concatenation before the LLM; SAM2 left out"),
@@ -128,10 +148,11 @@ CATALOG: dict[str, BackboneSpec] = {
                              num_experts_per_tok=6, mamba_n_heads=48, mamba_d_head=64, mamba_d_state=128,
                              mamba_n_groups=1, mamba_d_conv=4, mamba_expand=2, stem_width=768,
                              layer_types=granite_layer_types(40, {5, 15, 25, 35})),
-                "tiny": dict(vocab_size=256, hidden_size=64, intermediate_size=32, shared_intermediate_size=64,
-                             num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2, num_local_experts=8,
-                             num_experts_per_tok=2, mamba_n_heads=4, mamba_d_head=32, mamba_d_state=16,
-                             mamba_n_groups=1, mamba_d_conv=4, mamba_expand=2, stem_width=32,
+                # Published ratios with 16-wide heads: KV/hidden 1/3, expert FFN 1/3, shared FFN 2/3, Mamba 2x.
+                "tiny": dict(vocab_size=256, hidden_size=96, intermediate_size=32, shared_intermediate_size=64,
+                             num_hidden_layers=4, num_attention_heads=6, num_key_value_heads=2, num_local_experts=8,
+                             num_experts_per_tok=2, mamba_n_heads=6, mamba_d_head=32, mamba_d_state=16,
+                             mamba_n_groups=1, mamba_d_conv=4, mamba_expand=2, stem_width=48,
                              layer_types=granite_layer_types(4, {1})),
             },
         ),

@@ -152,3 +152,38 @@ def test_segmentation_model_from_terratorch_factory(name):
         decoder="UperNetDecoder", decoder_channels=32, num_classes=10,
     )
     assert model(s1s2_batch()).output.shape == (2, 10, 112, 112)
+
+
+def test_tiny_shapes_keep_the_published_width_ratios_and_tell_26b_from_40b():
+    """At tiny scale the estimator is validated where its terms can be told apart: FFN/hidden and KV/hidden as
+    published (a term charged to the wrong one of them would show), and 26B / 40B differing as their full models."""
+    def ratios(config: dict) -> tuple[float, float]:
+        kv = config["num_key_value_heads"] * config["hidden_size"] / config["num_attention_heads"]
+        return config["intermediate_size"] / config["hidden_size"], kv / config["hidden_size"]
+
+    for name in ("internvl2_4b", "internvl2_26b", "internvl2_40b"):
+        scales = get_spec(name).scales
+        assert ratios(scales["tiny"]["text"]) == pytest.approx(ratios(scales["full"]["text"]), rel=0.01)
+        vision = {scale: scales[scale]["vision"] for scale in scales}
+        assert vision["tiny"]["intermediate_size"] / vision["tiny"]["hidden_size"] == 4.0
+    text = {name: {s: get_spec(name).scales[s]["text"] for s in ("tiny", "full")}
+            for name in ("internvl2_26b", "internvl2_40b")}
+    for key in ("hidden_size", "num_hidden_layers"):
+        full_ratio = text["internvl2_40b"]["full"][key] / text["internvl2_26b"]["full"][key]
+        assert text["internvl2_40b"]["tiny"][key] / text["internvl2_26b"]["tiny"][key] == pytest.approx(full_ratio)
+    from transformers import AutoModel
+
+    def llm_params(name: str, scale: str) -> int:
+        with torch.device("meta"):
+            return sum(p.numel() for p in AutoModel.from_config(internvl_config(name, scale).text_config).layers
+                       .parameters())
+
+    # The language model: 40B's is 1.79 times 26B's, at both scales.
+    ratio = {scale: llm_params("internvl2_40b", scale) / llm_params("internvl2_26b", scale) for scale in ("tiny", "full")}
+    assert ratio["tiny"] == pytest.approx(ratio["full"], rel=0.01) and ratio["full"] > 1.7
+    granite = {s: get_spec("granite_4_tiny").scales[s] for s in ("tiny", "full")}
+    for key in ("intermediate_size", "shared_intermediate_size"):
+        assert granite["tiny"][key] / granite["tiny"]["hidden_size"] == granite["full"][key] / granite["full"]["hidden_size"]
+    for g in granite.values():
+        assert g["num_key_value_heads"] / g["num_attention_heads"] == 1 / 3
+        assert g["mamba_n_heads"] * g["mamba_d_head"] == 2 * g["hidden_size"]

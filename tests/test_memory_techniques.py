@@ -108,10 +108,11 @@ def test_lora_shrinks_trainable_and_optimizer_bytes_by_the_counted_amount():
     assert lora.train_step.gradients == 4 * lora.trainable
 
 
-# Measured at tiny scale, batch 2: the share of saved activations left with checkpointing on. Clay keeps
-# the most: its patch embedding and datacube stay outside the checkpointed attention/feed-forward halves.
-CHECKPOINTED_SHARE = {"earthmind_v1": 0.52, "internvl2_4b": 0.63, "internvl2_26b": 0.55, "granite_4_tiny": 0.06,
-                      "em_prithvi": 0.27, "em_terramind": 0.12, "em_clay": 0.73}
+# Measured at tiny scale (published width ratios, 16-wide heads), batch 2: the share of saved activations left
+# with checkpointing on, recorded so that a block checkpointing stops reaching shows. Clay keeps the most: its
+# patch embedding and datacube stay outside the checkpointed attention/feed-forward halves.
+CHECKPOINTED_SHARE = {"earthmind_v1": 0.24, "internvl2_4b": 0.30, "internvl2_26b": 0.16, "internvl2_40b": 0.16,
+                      "granite_4_tiny": 0.04, "em_prithvi": 0.27, "em_terramind": 0.12, "em_clay": 0.73}
 
 
 @pytest.mark.parametrize("name", sorted(CHECKPOINTED_SHARE))
