@@ -43,13 +43,11 @@ import em_backbones.registered  # noqa: F401  (the profile builds registered bac
 
 from em_backbones.activations import Architecture
 from em_backbones.memory import MemoryBreakdown
-from em_backbones.quantization import quantizable_linears
+from em_backbones.quantization import quantizable_linears, quantized_weight_bytes
 from em_backbones.techniques import lora_target_modules
 from em_backbones.techniques_config import PRECISION_BYTES, Techniques
 
 OVERHEAD_FRACTION = 0.10
-BLOCKSIZE_4BIT = 64  # bitsandbytes' default: one absmax per 64 weights
-BLOCKSIZE_NESTED = 256  # double quantization: one fp32 absmax per 256 absmax values
 
 
 @dataclass(frozen=True)
@@ -79,17 +77,6 @@ class MemoryEstimate(MemoryBreakdown):
     @property
     def peak(self) -> float:
         return self.total + self.recompute + self.overhead
-
-
-def quantized_weight_bytes(in_features: int, out_features: int, bits: int, double_quant: bool) -> float:
-    """Bytes of one quantized weight matrix with its constants (NF4/FP4: 4.5 bits, 4.127 double-quantized)."""
-    n = in_features * out_features
-    if bits == 8:
-        return n + 4 * out_features  # int8 weights + one fp32 scale per output row
-    blocks = math.ceil(n / BLOCKSIZE_4BIT)
-    if double_quant:  # 8-bit absmax + fp32 absmax per 256 of them + two 256/16-entry code books
-        return n / 2 + blocks + 4 * math.ceil(blocks / BLOCKSIZE_NESTED) + 4 * (16 + 256 + 1)
-    return n / 2 + 4 * blocks + 4 * 16
 
 
 @functools.lru_cache(maxsize=64)

@@ -25,12 +25,14 @@ from __future__ import annotations
 import math
 
 import torch
+from accelerate import init_empty_weights
 import torch.nn.functional as F
 from torch import nn
 from transformers import GraniteMoeHybridConfig, GraniteMoeHybridForCausalLM, GraniteMoeHybridModel
 
 from em_backbones.activations import Architecture, Layer
 from em_backbones.contract import ContractDefaults
+from em_backbones.loading import hf_config
 from em_backbones.bands import stacked_band_names
 from em_backbones.catalog import get_spec
 from em_backbones.registration import BackboneArgs, register_backbone
@@ -80,8 +82,9 @@ class GraniteVisualEncoder(ContractDefaults, nn.Module):
         super().__init__()
         scale, self.modalities = args.scale, args.modalities
         self.patch_size = get_spec(args.name).patch_size
-        if args.ckpt_path:
-            self.llm = GraniteMoeHybridModel.from_pretrained(args.ckpt_path, local_files_only=True)
+        if args.ckpt_path:  # filled shard by shard by em_backbones.loading
+            with init_empty_weights():  # parameters on meta; buffers real: no checkpoint has them
+                self.llm = GraniteMoeHybridModel(hf_config(args.ckpt_path))
         else:
             self.llm = GraniteMoeHybridModel(granite_config(scale))
         drop_token_embedding(self.llm)
@@ -100,6 +103,7 @@ class GraniteVisualEncoder(ContractDefaults, nn.Module):
 
     lora_target_names = ("q_proj", "k_proj", "v_proj", "o_proj", "in_proj", "out_proj", "input_linear",
                          "output_linear")
+    hf_attribute = "llm"  # the Hugging Face model a local checkpoint fills (em_backbones/loading.py)
 
     def quantizable_blocks(self) -> list[nn.Module]:
         return [self.llm.layers]

@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 
 import torch
+from accelerate import init_empty_weights
 from torch import nn
 from transformers import InternVLConfig, InternVLForConditionalGeneration, InternVLModel, InternVLVisionConfig, \
     LlamaConfig, Qwen2Config
@@ -26,6 +27,7 @@ from transformers import InternVLConfig, InternVLForConditionalGeneration, Inter
 from em_backbones.activations import Architecture, internvit_layer, llama_layer
 from em_backbones.bands import stacked_band_names
 from em_backbones.contract import ContractDefaults
+from em_backbones.loading import hf_config
 from em_backbones.catalog import get_spec
 from em_backbones.registration import BackboneArgs, register_backbone
 from em_backbones.feature_maps import drop_token_embedding, evenly_spaced_layers
@@ -47,9 +49,11 @@ def internvl_config(name: str, scale: str, img_size: int = 448) -> InternVLConfi
 
 
 def load_or_build_vlm(args: BackboneArgs, architecture: str) -> InternVLModel:
-    """Weights from a local Hugging Face directory when given, else random weights from the config."""
+    """Random weights from the catalog's configuration; or, given a local Hugging Face directory, its own
+    configuration built on the meta device, for em_backbones.loading to fill shard by shard."""
     if args.ckpt_path:
-        return InternVLModel.from_pretrained(args.ckpt_path, local_files_only=True)
+        with init_empty_weights():  # parameters on meta; buffers (rotary frequencies) real: no checkpoint has them
+            return InternVLModel(hf_config(args.ckpt_path))
     return InternVLModel(internvl_config(architecture, args.scale, args.img_size))
 
 
@@ -71,6 +75,7 @@ class InternVLFamily(ContractDefaults):
     """
 
     lora_target_names = INTERNVL_LORA_TARGETS
+    hf_attribute = "vlm"  # the Hugging Face model a local checkpoint fills (em_backbones/loading.py)
     images = 1
     fusion_terms = 0.0
 

@@ -16,6 +16,7 @@ first moved to a real device).
 from __future__ import annotations
 
 import logging
+import math
 
 import bitsandbytes as bnb
 import torch
@@ -26,6 +27,8 @@ from transformers import BitsAndBytesConfig
 logging.getLogger("bitsandbytes.autograd._functions").setLevel(logging.ERROR)
 
 QUANTIZED_LAYERS = (bnb.nn.Linear4bit, bnb.nn.Linear8bitLt)
+BLOCKSIZE_4BIT = 64  # bitsandbytes' default: one absmax per 64 weights
+BLOCKSIZE_NESTED = 256  # double quantization: one fp32 absmax per 256 absmax values
 
 
 def bnb_config(bits: int, quant_type: str = "nf4", double_quant: bool = True) -> BitsAndBytesConfig | None:
@@ -61,6 +64,17 @@ def quantized_linear(linear: nn.Linear, config: BitsAndBytesConfig) -> nn.Module
     if linear.bias is not None:
         layer.bias = nn.Parameter(linear.bias.data, requires_grad=linear.bias.requires_grad)
     return layer.to(device)  # quantizes the weight
+
+
+def quantized_weight_bytes(in_features: int, out_features: int, bits: int, double_quant: bool) -> float:
+    """Bytes of one quantized weight matrix with its constants (NF4/FP4: 4.5 bits, 4.127 double-quantized)."""
+    n = in_features * out_features
+    if bits == 8:
+        return n + 4 * out_features  # int8 weights + one fp32 scale per output row
+    blocks = math.ceil(n / BLOCKSIZE_4BIT)
+    if double_quant:  # 8-bit absmax + fp32 absmax per 256 of them + two 256/16-entry code books
+        return n / 2 + blocks + 4 * math.ceil(blocks / BLOCKSIZE_NESTED) + 4 * (16 + 256 + 1)
+    return n / 2 + 4 * blocks + 4 * 16
 
 
 def quantizable_linears(blocks: nn.Module) -> list[tuple[str, nn.Linear]]:

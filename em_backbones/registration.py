@@ -17,6 +17,7 @@ from torch import nn
 
 from em_backbones.catalog import SCALES, did_you_mean, get_spec
 from em_backbones.contract import missing_from_contract
+from em_backbones.loading import ShardLoader, check_host_memory, predicted_load_bytes
 from em_backbones.techniques import apply_techniques
 from em_backbones.techniques_config import Techniques, technique_knobs
 
@@ -64,6 +65,14 @@ def split_arguments(name: str, kwargs: dict[str, Any]) -> tuple[BackboneArgs, Te
     return args, techniques
 
 
+def load_checkpoint(model: nn.Module, techniques: Techniques, ckpt_path: str) -> None:
+    """Fill the meta-built Hugging Face part from a local directory, quantized while loading; refuse first
+    when the node cannot hold what loading needs."""
+    loader = ShardLoader(model, techniques)
+    check_host_memory(predicted_load_bytes(loader.final_bytes(), ckpt_path, loader.largest_expert_bytes()), ckpt_path)
+    loader.load(ckpt_path)
+
+
 BACKBONE_CLASSES: dict[str, type] = {}  # name → the class it is built from (em_backbones/contract.py's contract)
 
 
@@ -86,7 +95,10 @@ def register_backbone(name: str, cls: Callable[[BackboneArgs], nn.Module],
         args, techniques = split_arguments(name, kwargs)
         if args.pretrained and not args.ckpt_path and local_weights_only:
             raise ValueError(f"{name}: pretrained=True needs ckpt_path to local weights (no downloads)")
-        return apply_techniques(cls(args), techniques)
+        model = cls(args)
+        if args.ckpt_path and getattr(model, "hf_attribute", None):
+            load_checkpoint(model, techniques, args.ckpt_path)
+        return apply_techniques(model, techniques)
 
     build.__name__ = name
     if name not in TERRATORCH_BACKBONE_REGISTRY:

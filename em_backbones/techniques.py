@@ -76,8 +76,9 @@ def apply_techniques(backbone: nn.Module, techniques: Techniques) -> nn.Module:
     if config is not None:
         for blocks in backbone.quantizable_blocks():
             quantize_linear_layers(blocks, config)
-        for parent, name in getattr(backbone, "expert_modules", list)():
-            setattr(parent, name, QuantizedExperts(getattr(parent, name), config))
+        for parent, name in backbone.expert_modules():
+            if not isinstance(getattr(parent, name), QuantizedExperts):  # not already quantized while loading
+                setattr(parent, name, QuantizedExperts(getattr(parent, name), config))
         # What transformers sets after a quantized from_pretrained; peft reads it.
         backbone.is_loaded_in_4bit = config.load_in_4bit
         backbone.is_loaded_in_8bit = config.load_in_8bit

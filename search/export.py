@@ -53,7 +53,7 @@ def write_trial_config(space, row: dict[str, Any], prepared, path: Path, title: 
               f"objective {row['objective']:.3f}.\n"
               f"The search trained it for {seen} of {epochs} epochs"
               + (" (stopped early by ASHA)" if seen < epochs else "") + f"; this config trains {epochs} epochs "
-              f"(trainer.max_epochs). Weights: random init (backbone_pretrained: false).\n"
+              f"(trainer.max_epochs). Weights: {space.weights.get(row['backbone'], 'random init')}.\n"
               f"Train it with: terratorch fit -c {path.name}")
     write_best_config(terratorch_config(space, row, prepared), path, header)
 

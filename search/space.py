@@ -114,6 +114,7 @@ class Space:
     data: DataSpec = field(default_factory=DataSpec)
     resources: ResourceSpec = field(default_factory=ResourceSpec)
     faults: tuple[Fault, ...] = ()  # testing aid (search/faults.py); empty = off
+    weights: dict[str, str] = field(default_factory=dict)  # backbone → local weights; the others: random init
     source: str = ""
 
     def fault_for(self, trial_number: int | None) -> Fault | None:
@@ -125,7 +126,7 @@ class Space:
 
 
 TOP_KEYS = {"name", "scale", "objective", "tiers", "techniques", "training", "decoder", "data", "resources",
-            "evaluation", "faults"}
+            "evaluation", "faults", "weights"}
 FAULT_KEYS = {"trial", "kind", "epoch"}
 
 
@@ -218,8 +219,24 @@ def parse_space(raw: Any, source: str = "<space>") -> Space:
         data=data,
         resources=parse_resources(c, c.section(raw, "resources", ResourceSpec.__dataclass_fields__)),
         faults=parse_faults(c, raw.get("faults", []), training.epochs),
+        weights=parse_weights(c, raw.get("weights") or {}, tiers),
         source=source,
     )
+
+
+def parse_weights(c: _Checker, raw: Any, tiers: dict[int, tuple[str, ...]]) -> dict[str, str]:
+    """backbone → a local Hugging Face `save_pretrained` directory (InternVL, EarthMind, Granite) or a
+    TerraTorch checkpoint file (tier 2); never a download."""
+    if not isinstance(raw, dict):
+        c.fail("weights", "a mapping of backbone name → local weights path", raw)
+    searched = [name for names in tiers.values() for name in names]
+    for name, path in raw.items():
+        if name not in searched:
+            c.fail(f"weights.{name}", f"a backbone the space searches ({', '.join(searched)})", name)
+        if not isinstance(path, str) or not Path(path).expanduser().exists():
+            c.fail(f"weights.{name}", "an existing local path (a save_pretrained directory or a checkpoint file)",
+                   path)
+    return {name: str(Path(path).expanduser().resolve()) for name, path in raw.items()}
 
 
 def parse_tiers(c: _Checker, raw: Any) -> dict[int, tuple[str, ...]]:

@@ -16,7 +16,12 @@ from typing import Any
 from search.data import PreparedData
 from search.space import Space
 
-WEIGHTS = "random init"  # every backbone trains from random weights (no local weights named)
+RANDOM_INIT = "random init"
+
+
+def weights_of(space: Space) -> dict[str, str]:
+    """Each searched backbone's weights: the local path the space names, or random init."""
+    return {name: space.weights.get(name, RANDOM_INIT) for name in space.backbones}
 
 
 @dataclass
@@ -71,7 +76,7 @@ def summary_of(outcome: RunOutcome) -> dict[str, Any]:
     rows, best, space, prepared = outcome.rows, outcome.best, outcome.space, outcome.prepared
     return {
         "trials": len(rows), "statuses": {s: sum(r["status"] == s for r in rows) for s in {r["status"] for r in rows}},
-        "objective": space.objective, "scheduler": space.training.scheduler, "weights": WEIGHTS,
+        "objective": space.objective, "scheduler": space.training.scheduler, "weights": weights_of(space),
         "best_trial": best["trial_id"] if best else None, "best_val_miou": best["val_miou"] if best else None,
         "best_objective": best["objective"] if best else None,
         "epochs": {"searched": best["epochs_run"] if best else None, "exported": space.training.epochs},
@@ -138,9 +143,10 @@ def closing_lines(outcome: RunOutcome) -> list[str]:
         lines.append("no trial produced a score; no best.yaml written")
     else:
         seen, epochs = best["epochs_run"], outcome.space.training.epochs
+        weights = weights_of(outcome.space)[best["backbone"]]
         lines += [f"best: {best['backbone']} ({best['trial_id']}) val mIoU {best['val_miou']:.4f}, "
                   f"{best['peak_gb']:.4f} GB; searched {seen} of {epochs} epochs, best.yaml trains {epochs} "
-                  f"({WEIGHTS})", f"best.yaml: {out / 'best.yaml'}"]
+                  f"(weights: {weights})", f"best.yaml: {out / 'best.yaml'}"]
         if outcome.comparisons:
             noise = "noise: the combined seed-to-seed std of the two compared"
             lines += ["", f"winner against every reference (held-out means over seeds where retrained; {noise}):",

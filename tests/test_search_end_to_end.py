@@ -157,7 +157,8 @@ def test_best_yaml_is_the_best_trial(finished_run):
     assert "this config trains 2 epochs" in header and config["trainer"]["max_epochs"] == 2
     summary = json.loads((finished_run.out_dir / "summary.json").read_text())
     assert summary["epochs"] == {"searched": best["epochs_run"], "exported": 2}
-    assert summary["weights"] == "random init"
+    assert summary["weights"] == {"em_prithvi": "random init", "em_terramind": "random init", "em_clay": "random init"}
+    assert "Weights: random init." in header
 
 
 def test_baselines_and_verdicts_are_in_the_summary_and_the_closing_lines(finished_run):
