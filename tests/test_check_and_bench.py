@@ -13,7 +13,7 @@ from search.space import load_space
 def test_check_prints_shapes_ranges_and_counts(capsys):
     assert main(["check", "earthmind_v1", "--img-size", "112"]) == 0
     out = capsys.readouterr().out
-    assert "feature map 0: [2, 128, 4, 4] float32" in out  # SAR and optical halves of a 64-wide tiny LLM
+    assert "feature map 0: [2, 256, 4, 4] float32" in out  # SAR and optical halves of a 128-wide tiny LLM
     assert "finite: yes" in out
     assert "3.717 B as published, 3.096 B as backbone" in out
 
