@@ -43,6 +43,13 @@ def add_bench(commands) -> None:
                            "(default: ../shared/bench/terratorch-iterate beside the repo)")
     peer.add_argument("--rounds", type=int, default=1, help="alternating rounds (peer, ours) to run")
     peer.add_argument("--out", type=Path, default=Path("runs/peer-bench"))
+    full = kinds.add_parser("fullscale", help="published-size backbones loaded in 4 bits and trained one step: "
+                                              "memory against the predictions")
+    full.add_argument("--backbones", nargs="+", default=["internvl2_4b", "granite_4_tiny"])
+    full.add_argument("--checkpoints", type=Path, default=Path("runs/fullscale-checkpoints"),
+                      help="where the random sharded checkpoints are written (7-14 GB each)")
+    full.add_argument("--keep", action="store_true", help="keep the checkpoints for the next run")
+    full.add_argument("--out", type=Path, default=Path("runs/fullscale"))
     backbones = kinds.add_parser("backbones", help="parameters, memory, throughput and outputs per backbone")
     backbones.add_argument("--backbones", nargs="+", required=True)
     backbones.add_argument("--scales", nargs="+", default=["tiny", "full"], choices=["tiny", "full"])
@@ -143,6 +150,10 @@ def run_bench_command(args: argparse.Namespace) -> int:
 
         run_asha_bench(Path(args.space), args.out or Path("runs") / f"asha-bench-{time.strftime('%Y%m%d-%H%M%S')}",
                        args.address)
+    elif args.bench == "fullscale":
+        from search.fullscale_bench import run_fullscale_bench
+
+        run_fullscale_bench(args.backbones, args.checkpoints, args.keep, args.out)
     elif args.bench == "peer":
         from search.peer_bench import run_peer_bench
 

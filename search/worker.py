@@ -13,7 +13,6 @@ and data loaders are released and garbage-collected at the end.
 
 from __future__ import annotations
 
-import ctypes
 import gc
 import importlib
 import math
@@ -29,6 +28,7 @@ import yaml
 
 import em_backbones.registered  # noqa: F401  (registers the project's backbones in this process)
 from em_backbones.catalog import get_spec
+from em_backbones.loading import release_heap
 from em_backbones.memory import gigabytes
 from search.data import PreparedData
 from search.fault_guard import FaultGuard
@@ -200,7 +200,4 @@ def release_memory() -> None:
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc: nothing to trim
-        pass
+    release_heap()
