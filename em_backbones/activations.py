@@ -27,10 +27,19 @@ class Layer:
     constant_bytes: float = 0.0  # per layer, independent of batch (masks)
     lora_targets: int = 0  # Linear layers LoRA adapts in one such layer
     checkpoints: int = 1  # checkpointed units per layer, each keeping its input (Clay: attention, feed-forward)
+    # Elements per (padded) token autograd keeps in fp32 when training at 16 bits: RMSNorm computes in
+    # fp32 and keeps its upcast input; Mamba-2's reference scan runs in fp32. Read off bf16 traces.
+    upcast: float = 0.0
+    padded_upcast: float = 0.0
 
     def elements(self, batch: int, linear: bool, norm: bool) -> float:
         per_token = self.always + (self.linear if linear else 0.0) + (self.norm if norm else 0.0)
         return batch * (self.tokens * per_token + self.padded_tokens * self.padded)
+
+    def saved_bytes(self, batch: int, linear: bool, norm: bool, act_bytes: int) -> float:
+        """One layer's saved tensors: its elements at the training precision, fp32 upcasts at 16 bits."""
+        upcast = batch * (self.tokens * self.upcast + self.padded_tokens * self.padded_upcast) if act_bytes < 4 else 0.0
+        return self.elements(batch, linear, norm) * act_bytes + upcast * (4 - act_bytes) + self.constant_bytes
 
 
 @dataclass
@@ -59,7 +68,8 @@ def internvit_layer(count: int, tokens: int, h: int, f: int, heads: int, rms_qk_
     The 6B variant (RMSNorm + QK-norm) also keeps q and k before their norms and, for each RMSNorm's
     weight, the normalised input (4 norms)."""
     if rms_qk_norm:
-        return Layer(count, tokens, h, always=8 * h + f + 4 + heads, linear=2 * h + f, norm=6 * h, lora_targets=6)
+        return Layer(count, tokens, h, always=8 * h + f + 4 + heads, linear=2 * h + f, norm=6 * h, lora_targets=6,
+                     upcast=5 * h + heads + 4)
     return Layer(count, tokens, h, always=6 * h + f + 4 + heads, linear=2 * h + f, norm=2 * h, lora_targets=6)
 
 
@@ -68,4 +78,4 @@ def llama_layer(count: int, tokens: int, h: int, f: int, kv: int, heads: int) ->
     always: x, rotated q, k and v (kv each), SDPA out (= o_proj input), x2, gate, up, SiLU out (3f).
     linear: both norm outputs, gate·up product (down input). norm: normalised inputs of 2 RMSNorms."""
     return Layer(count, tokens, h, always=4 * h + 2 * kv + 3 * f + 2 + heads,
-                 linear=2 * h + f, norm=2 * h, lora_targets=7)
+                 linear=2 * h + f, norm=2 * h, lora_targets=7, upcast=3 * h + heads + 2)

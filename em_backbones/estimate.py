@@ -20,10 +20,9 @@ trains:
 - `stem`: inputs of pretrained, non-quantized embeddings and projectors; frozen under LoRA.
 
 Gradient checkpointing keeps one hidden state (h per token) per layer at the end of forward and
-rebuilds one layer at a time in backward: `recompute` is that one layer, part of the true peak.
-
-What the CPU accounting of `em_backbones.memory` measures is `total` (end of forward); the
-peak a GPU sees adds `recompute` and `overhead` (allocator fragmentation and workspaces, stated
+rebuilds one layer at a time in backward: `recompute` is that one layer, part of the true peak
+and of `total`, as in the CPU accounting of `em_backbones.memory` (which measures it by rerunning
+the layer). The peak a GPU sees adds `overhead` (allocator fragmentation and workspaces, stated
 as 10% of the accounted bytes; the CUDA context itself is outside `max_memory_allocated`).
 The Mamba-2 terms model transformers' PyTorch reference scan (what runs without `mamba_ssm`);
 its chunked scan keeps chunk x chunk decay matrices per head, padded to `mamba_chunk_size`.
@@ -64,10 +63,9 @@ class ParameterGroups:
 
 @dataclass
 class MemoryEstimate(MemoryBreakdown):
-    """Predicted bytes of one training step: the four parts the CPU accounting measures (`total`), plus the
-    checkpointed layer recomputed in backward and a stated overhead, which make the peak a GPU sees."""
+    """Predicted bytes of one training step: the parts the CPU accounting measures (`total`, the recomputed
+    checkpointed layer included), plus a stated overhead, which make the peak a GPU sees."""
 
-    recompute: float = 0.0
     trainable_params: int = 0
 
     @property
@@ -76,7 +74,7 @@ class MemoryEstimate(MemoryBreakdown):
 
     @property
     def peak(self) -> float:
-        return self.total + self.recompute + self.overhead
+        return self.total + self.overhead
 
 
 @functools.lru_cache(maxsize=64)
@@ -139,14 +137,15 @@ def estimate(name: str, scale: str, techniques: Techniques, batch_size: int, img
     lora_per_token = rank + (techniques.lora_dropout > 0) * 1.25 * sum(i for i, _ in groups.lora_targets) / max(
         1, len(groups.lora_targets))
     activations = 0.0
-    largest_layer = 0.0
+    largest_unit = 0.0
     for layer in arch.layers:
-        per_layer = layer.elements(b, linear, norm) * act_bytes + layer.constant_bytes
+        per_layer = layer.saved_bytes(b, linear, norm, act_bytes)
         if rank > 0:  # lora_A's output (rank wide) is kept for lora_B's gradient, per adapted Linear
             per_layer += b * layer.tokens * layer.lora_targets * lora_per_token * act_bytes
-        largest_layer = max(largest_layer, per_layer)
+        kept = layer.checkpoints * b * layer.tokens * layer.hidden * act_bytes  # each checkpointed unit's input
+        # Backward rebuilds one unit at a time; its input is already kept, the rest comes on top.
+        largest_unit = max(largest_unit, (per_layer - kept - layer.constant_bytes) / layer.checkpoints)
         if techniques.gradient_checkpointing:
-            kept = layer.checkpoints * b * layer.tokens * layer.hidden * act_bytes
             activations += layer.count * (kept + layer.constant_bytes)
         else:
             activations += layer.count * per_layer
@@ -154,6 +153,6 @@ def estimate(name: str, scale: str, techniques: Techniques, batch_size: int, img
     activations += (outside + (arch.constant if rank == 0 else 0.0)) * act_bytes
     return MemoryEstimate(
         weights=weights, gradients=gradients, optimizer_state=optimizer, activations=activations,
-        recompute=largest_layer if techniques.gradient_checkpointing else 0.0, trainable_params=int(trainable),
+        recompute=largest_unit if techniques.gradient_checkpointing else 0.0, trainable_params=int(trainable),
     )
 

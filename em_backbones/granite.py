@@ -65,13 +65,16 @@ def granite_layers(config, tokens: int) -> list[Layer]:
     padded = math.ceil(tokens / chunk) * chunk
     return [
         Layer(attention, tokens, h, always=5 * h + heads + 2 + moe_always, linear=h + moe_linear,
-              norm=h + moe_norm, constant_bytes=tokens * tokens, lora_targets=6),  # + the boolean mask
+              norm=h + moe_norm, constant_bytes=tokens * tokens, lora_targets=6,  # + the boolean mask
+              upcast=3 * h + heads + 2),
         # Mamba-2 reference scan: in_proj out, conv in/out, dt, the gated norm and out_proj input per
         # token; d_inner-wide chunk tensors (4), B/C per head (5) and chunk x chunk decays (3) per padded token.
         Layer(mamba, tokens, h, always=2 * h + in_proj + (d_inner + 2 * groups * d_state) + 3 * d_inner
               + 4 * mamba_heads + moe_always, linear=h + d_inner + moe_linear, norm=h + moe_norm,
               padded_tokens=padded, padded=4 * d_inner + 5 * mamba_heads * d_state + 3 * mamba_heads * chunk,
-              constant_bytes=2 * chunk * chunk, lora_targets=4),
+              constant_bytes=2 * chunk * chunk, lora_targets=4,
+              upcast=in_proj + (d_inner + 2 * groups * d_state) + 3 * d_inner + 4 * mamba_heads,
+              padded_upcast=4 * d_inner + 5 * mamba_heads * d_state + 3 * mamba_heads * chunk),
     ]
 
 

@@ -171,6 +171,8 @@ class ShardLoader:
             experts.gate_up_proj = nn.Parameter(parts["gate_up_proj"], requires_grad=False)
             experts.down_proj = nn.Parameter(parts["down_proj"], requires_grad=False)
             self.backbone.set_submodule(module_name, QuantizedExperts(experts, self.config))
+            # The template stays in self.experts: it must not keep this layer's checkpoint-precision weights alive.
+            del experts.gate_up_proj, experts.down_proj
 
     def quantized(self, template: nn.Linear, parts: dict[str, torch.Tensor]) -> nn.Module:
         linear = nn.Linear(template.in_features, template.out_features, bias=template.bias is not None, device="meta")

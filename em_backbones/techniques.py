@@ -42,12 +42,13 @@ def checkpoint_blocks(blocks: nn.ModuleList) -> None:
 
         @functools.wraps(original_forward)
         def forward(*args, _original=original_forward, _block=block, **kwargs):
-            if _block.training:
+            if _block.training and _block.gradient_checkpointing:
                 return checkpoint(_original, *args, use_reentrant=False, **kwargs)
             return _original(*args, **kwargs)
 
         block.forward = forward
         block._em_checkpointed = True
+        block.gradient_checkpointing = True  # as on Hugging Face's layers: the memory probe turns it off to measure
 
 
 def enable_checkpointing(backbone: nn.Module) -> None:

@@ -148,6 +148,11 @@ class TerraMindS1S2(S1S2Backbone):
         return self.select([tokens_to_map(t) for t in tokens])
 
 
+def cast_input_to_weight_dtype(layer: nn.Module, args: tuple) -> tuple:
+    """Forward pre-hook: the first input at the dtype of the module's parameters."""
+    return (args[0].to(next(layer.parameters()).dtype), *args[1:])
+
+
 class ClayS1S2(S1S2Backbone):
     """Clay v1 encoder; its dynamic patch embedding is generated from each band's wavelength.
 
@@ -166,6 +171,10 @@ class ClayS1S2(S1S2Backbone):
             img_size=args.img_size, patch_size=spec.patch_size, dim=hp["dim"], depth=hp["depth"], heads=hp["heads"],
             dim_head=hp["dim_head"], mlp_ratio=hp["mlp_ratio"],
         )
+        # Clay builds its wavelength and position encodings in fp32 whatever the model's dtype, which lifts
+        # the tokens to fp32: cast them back where they enter, so bf16-true trains.
+        for entry in (self.encoder.patch_embedding.fclayer, self.encoder.transformer):
+            entry.register_forward_pre_hook(cast_input_to_weight_dtype)
         if args.ckpt_path:
             load_clay_encoder_weights(self.encoder, args.ckpt_path)
 

@@ -8,8 +8,9 @@ import torch
 from em_backbones.memory import (
     CPU_METHOD,
     CUDA_METHOD,
-    SavedActivationCounter,
     MemoryBreakdown,
+    RecomputeProbe,
+    SavedActivationCounter,
     gradient_bytes,
     optimizer_state_bytes,
     weight_bytes,
@@ -23,6 +24,8 @@ class PeakMemoryMeter(pl.Callback):
         self.peak_bytes = 0
         self.peak_breakdown: MemoryBreakdown | None = None
         self._counter: SavedActivationCounter | None = None
+        self._recompute: RecomputeProbe | None = None
+        self._recompute_bytes: int | None = None  # measured at the first step: shapes do not change
         self.on_cuda = False
 
     @property
@@ -36,12 +39,16 @@ class PeakMemoryMeter(pl.Callback):
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if not self.on_cuda:
+            if self._recompute_bytes is None:
+                self._recompute = RecomputeProbe(pl_module)
             self._counter = SavedActivationCounter(exclude=pl_module).__enter__()
 
     def on_before_backward(self, trainer, pl_module, loss) -> None:
         if self._counter is None:
             return
         self._counter.__exit__(None, None, None)
+        if self._recompute is not None:
+            self._recompute_bytes, self._recompute = self._recompute.measure(self._counter.seen), None
         optimizers = trainer.optimizers
         step = MemoryBreakdown(
             weights=weight_bytes(pl_module),
@@ -50,6 +57,7 @@ class PeakMemoryMeter(pl.Callback):
             # is the real state; the peak is taken over all steps of the trial.
             optimizer_state=sum(optimizer_state_bytes(o) for o in optimizers),
             activations=self._counter.bytes,
+            recompute=self._recompute_bytes or 0,
         )
         self._counter = None
         if step.total > self.peak_bytes:

@@ -17,8 +17,8 @@ from terratorch.registry import BACKBONE_REGISTRY
 import em_backbones  # noqa: F401  (registers the backbones)
 from em_backbones.techniques_config import Techniques
 from em_backbones.counting import backbone_params, published_params
-from em_backbones.memory import SavedActivationCounter, MemoryBreakdown, gradient_bytes, optimizer_state_bytes, \
-    weight_bytes
+from em_backbones.memory import MemoryBreakdown, RecomputeProbe, SavedActivationCounter, gradient_bytes, \
+    optimizer_state_bytes, weight_bytes
 from search.data import SAMPLE_DATA
 
 
@@ -59,9 +59,13 @@ class ProbeResult:
 
 
 def probe(name: str, scale: str, batch_size: int, img_size: int, train_step: bool = True,
-          techniques: Techniques = Techniques()) -> ProbeResult:
+          techniques: Techniques = Techniques(), precision: str = "32-true") -> ProbeResult:
+    """`precision` "bf16-true" converts the built model and the batch as Lightning's true-half precision does."""
     model = BACKBONE_REGISTRY.build(name, scale=scale, img_size=img_size, **asdict(techniques))
     batch = real_batch(batch_size, img_size)
+    if precision == "bf16-true":
+        model = model.to(torch.bfloat16)
+        batch = {k: v.to(torch.bfloat16) for k, v in batch.items()}
     model.eval()
     with torch.no_grad():
         started = time.perf_counter()
@@ -74,10 +78,11 @@ def probe(name: str, scale: str, batch_size: int, img_size: int, train_step: boo
         optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
         for _ in range(2):  # the second step holds the optimizer state the first one created
             started = time.perf_counter()
+            recompute = RecomputeProbe(model)
             with SavedActivationCounter(exclude=model) as counter:
                 loss = sum(o.float().square().mean() for o in model(batch))
             memory = MemoryBreakdown(weight_bytes(model), gradient_bytes(model), optimizer_state_bytes(optimizer),
-                                counter.bytes)
+                                     counter.bytes, recompute.measure(counter.seen))
             loss.backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)

@@ -140,3 +140,24 @@ def test_a_space_naming_weights_exports_a_best_yaml_that_loads_them_under_terrat
                             env={**__import__("os").environ, "PYTHONPATH": str(REPO)})
     assert result.returncode == 0, result.stderr[-2000:]
     assert "`Trainer.fit` stopped: `max_steps=1` reached" in result.stdout + result.stderr
+
+
+def test_experts_at_checkpoint_precision_are_let_go_layer_by_layer(checkpoint, monkeypatch):
+    """Loading holds one layer's experts at checkpoint precision at a time (the prediction's allowance):
+    once a layer is quantized, nothing the loader keeps may still reference its full-precision weights."""
+    name, _, _, directory = checkpoint
+    if name != "granite_4_tiny":
+        pytest.skip("only Granite has 3-D expert weights")
+    import em_backbones.registration as registration
+
+    loaders = []
+
+    class Recorded(ShardLoader):
+        def load(self, ckpt_path):
+            loaders.append(self)
+            super().load(ckpt_path)
+
+    monkeypatch.setattr(registration, "ShardLoader", Recorded)
+    BACKBONE_REGISTRY.build(name, scale="tiny", img_size=112, ckpt_path=str(directory), quantization_bits=4)
+    assert loaders and len(loaders[0].experts) == 4
+    assert all(not list(template.parameters()) for template in loaders[0].experts.values())

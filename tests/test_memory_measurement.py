@@ -64,3 +64,20 @@ def test_checkpointing_lowers_saved_activations():
     checkpointed, _ = measure("em_terramind", batch_size=2, checkpointing=True)
     assert checkpointed.peak_breakdown.activations < 0.7 * plain.peak_breakdown.activations
     assert checkpointed.peak_breakdown.weights == plain.peak_breakdown.weights
+
+
+def test_checkpointing_recompute_is_counted():
+    """Backward rebuilds one checkpointed block at a time: the trial's CPU figure charges that block.
+
+    Independent check: without checkpointing every block keeps its saved tensors; with it each keeps
+    only its input. So the drop in end-of-forward activations, per block, is what one block holds
+    beyond its input - which is what rebuilding it in backward adds back (identical blocks)."""
+    from em_backbones.memory import checkpointed_units
+
+    plain, _ = measure("em_prithvi", batch_size=2)
+    checkpointed, task = measure("em_prithvi", batch_size=2, checkpointing=True)
+    blocks = len(checkpointed_units(task.model.encoder))
+    per_block = (plain.peak_breakdown.activations - checkpointed.peak_breakdown.activations) / blocks
+    assert plain.peak_breakdown.recompute == 0
+    assert checkpointed.peak_breakdown.recompute == pytest.approx(per_block, rel=0.02)
+    assert checkpointed.peak_bytes == checkpointed.peak_breakdown.total  # the recompute is part of the peak
