@@ -1,8 +1,9 @@
 """`search capacity`: how many tier-3 QLoRA trials fit per GPU and per node, on paper.
 
 Figures come from the analytic estimator of em_backbones.estimate (full scale, the published input
-size, bf16 weights and activations, AdamW), the same numbers that prune infeasible trials. Memory is
-the only limit counted: trials that share a GPU also share its compute.
+size, bf16 weights and activations, AdamW), the same numbers that prune infeasible trials, plus each
+trial's own CUDA context (measured: em_backbones.estimate.CUDA_CONTEXT_BYTES). Memory is the only
+limit counted: trials that share a GPU also share its compute.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ def capacity_rows(gpu_gb: float = 80.0, gpus_per_node: int = 8, batch_sizes: tup
         img = CATALOG[name].native_img_size
         for setting, techniques in SETTINGS.items():
             for batch in batch_sizes:
-                peak = gigabytes(estimate(name, "full", techniques, batch, img, precision).peak)
+                peak = gigabytes(estimate(name, "full", techniques, batch, img, precision).gpu_footprint)
                 per_gpu = math.floor(gpu_gb / peak) if peak <= gpu_gb else 0
                 rows.append(CapacityRow(name, setting, batch, peak, per_gpu, per_gpu * gpus_per_node))
     return rows
@@ -47,7 +48,7 @@ def capacity_rows(gpu_gb: float = 80.0, gpus_per_node: int = 8, batch_sizes: tup
 
 def capacity_table(rows: list[CapacityRow], gpu_gb: float, gpus_per_node: int) -> str:
     """Markdown, so the same text goes to the terminal and into clusters/README.md."""
-    lines = [f"| backbone | technique | batch | predicted peak GB | trials per {gpu_gb:g} GB GPU "
+    lines = [f"| backbone | technique | batch | predicted peak + CUDA context GB | trials per {gpu_gb:g} GB GPU "
              f"| trials per {gpus_per_node}-GPU node | `gpus_per_worker` |",
              "|---|---|---:|---:|---:|---:|---:|"]
     for r in rows:

@@ -17,7 +17,7 @@ from typing import Any, Callable
 import yaml
 
 from em_backbones.bands import MODALITY_BANDS
-from em_backbones.catalog import CATALOG, SEARCHED_TIERS, did_you_mean
+from em_backbones.catalog import CATALOG, SEARCHED_TIERS, did_you_mean, get_spec
 from em_backbones.techniques_config import PRECISION_BYTES, Techniques, knob_default, searched_knobs, \
     technique_knobs
 from search.errors import UserError
@@ -392,12 +392,19 @@ def backbone_param(tier: int) -> str:
 
 
 def predicted_peak_gb(space: Space, backbone: str, params: dict[str, Any]) -> float:
-    """The estimator's peak for one worker of this trial at the run's scale (imports the model stack)."""
+    """The estimator's peak for one worker of this trial at the run's scale, over the same modules the
+    trial measures: backbone, decoder, head and loss (imports the model stack)."""
     from em_backbones.estimate import estimate
+    from em_backbones.head_estimate import decoder_head_memory
 
-    peak = estimate(backbone, space.scale, space.techniques.of(params), int(params["batch_size"]),
-                    space.data.tile_size, space.training.precision, tuple(space.data.modalities)).peak
-    return peak / 1e9
+    spec, batch, modalities = get_spec(backbone), int(params["batch_size"]), tuple(space.data.modalities)
+    decoder_args = () if spec.decoder else (("decoder_channels", space.decoder.channels),)
+    on_top = decoder_head_memory(backbone, space.scale, space.data.tile_size, modalities,
+                                 spec.decoder or space.decoder.name, decoder_args, space.data.num_classes, batch,
+                                 space.training.precision)
+    predicted = estimate(backbone, space.scale, space.techniques.of(params), batch, space.data.tile_size,
+                         space.training.precision, modalities).plus(on_top)
+    return predicted.peak / 1e9
 
 
 class DefineByRun:

@@ -81,3 +81,20 @@ def test_checkpointing_recompute_is_counted():
     assert plain.peak_breakdown.recompute == 0
     assert checkpointed.peak_breakdown.recompute == pytest.approx(per_block, rel=0.02)
     assert checkpointed.peak_bytes == checkpointed.peak_breakdown.total  # the recompute is part of the peak
+
+
+@pytest.mark.parametrize("backbone, checkpointing", [("em_prithvi", True), ("em_terramind", False)])
+def test_prediction_covers_what_the_trial_measures_decoder_and_head_included(backbone, checkpointing):
+    """The trial measures the whole TerraTorch task; the prediction adds decoder, head and loss to the backbone."""
+    from em_backbones.estimate import estimate
+    from em_backbones.head_estimate import decoder_head_memory
+    from em_backbones.techniques_config import Techniques
+
+    meter, _ = measure(backbone, batch_size=2, checkpointing=checkpointing)
+    head = decoder_head_memory(backbone, "tiny", 64, ("S1RTC", "S2L2A"), "UperNetDecoder", (("decoder_channels", 32),),
+                               4, 2)
+    alone = estimate(backbone, "tiny", Techniques(gradient_checkpointing=checkpointing), 2, 64)
+    predicted = alone.plus(head)
+    assert head.total > 0.03 * meter.peak_bytes  # large enough that leaving it out would show
+    assert predicted.total == pytest.approx(meter.peak_bytes, rel=0.01)
+    assert predicted.weights == pytest.approx(meter.peak_breakdown.weights, rel=0.001)

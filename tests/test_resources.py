@@ -38,11 +38,11 @@ def test_trial_larger_than_cluster_is_refused():
 
 
 def test_fractional_gpus_pack_the_capacity_tables_trials_onto_one_node():
-    # clusters/README.md: InternVL2-26B QLoRA + checkpointing, 5 trials per 80 GB GPU → gpus_per_worker 0.2
+    # clusters/README.md: InternVL2-26B QLoRA + checkpointing, 4 trials per 80 GB GPU → gpus_per_worker 0.25
     space = parse_space({**small_space(None, **{"training.num_samples": 100}),
-                         "resources": {"gpus_per_worker": 0.2, "cpus_per_worker": 4}})
+                         "resources": {"gpus_per_worker": 0.25, "cpus_per_worker": 5}})
     trial, concurrent = plan_resources({"CPU": 192.0, "GPU": 8.0}, space)
-    assert trial.gpus_per_worker == 0.2 and concurrent == 40  # GPUs bind: 8 / 0.2; CPUs would allow 48
+    assert trial.gpus_per_worker == 0.25 and concurrent == 32  # GPUs bind: 8 / 0.25; CPUs would allow 38
 
 
 def test_trial_processes_that_do_not_train_import_no_model_stack():
