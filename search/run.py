@@ -106,7 +106,7 @@ def reopen_run(space_path: str | Path, out: Path) -> tuple[PreparedData, str, st
 
 def run_search(space_path: str | Path, out: Path | None = None, address: str | None = None,
                storage: str | None = None, resume: bool = False, echo=print,
-               imports_seconds: float | None = None) -> RunOutcome:
+               imports_seconds: float | None = None, mlflow: str | None = None) -> RunOutcome:
     """The whole run; `imports_seconds`: what the CLI process spent before it got here (for the breakdown)."""
     clock = Stopwatch()
     if imports_seconds is not None:
@@ -128,7 +128,7 @@ def run_search(space_path: str | Path, out: Path | None = None, address: str | N
     pool.shutdown(wait=False)
     try:
         with clock.step("Ray start"):
-            session = start_session(space, out, location, data, address, resume)
+            session = start_session(space, out, location, data, address, resume, mlflow)
     except BaseException:
         if not resume:
             shutil.rmtree(out, ignore_errors=True)
@@ -146,17 +146,22 @@ def baseline_scores(prepared: PreparedData, seed: int) -> list[dict]:
         return [b.as_dict() for b in compute_baselines(prepared, seed)]
 
 
-def start_session(space: Space, out: Path, location: str, data: str, address: str | None, resume: bool):
+def start_session(space: Space, out: Path, location: str, data: str, address: str | None, resume: bool,
+                  mlflow: str | None = None):
     """Ray joined or started, trial resources planned, the Tuner built (nothing trained yet)."""
     import ray
 
     from search.cluster import connect
+    from search.tracking import mlflow_callback, tracking_uri
     from search.tuner import SearchSession, build_tuner, plan_resources, trial_setup
 
+    uri = tracking_uri(mlflow, out)
+    tracking = mlflow_callback(uri, out.name, space.name) if uri and not resume else None
     context = connect(address)
     resources, concurrent = plan_resources(ray.cluster_resources(), space)
     setup = trial_setup(space, (out / "space.yaml").read_text(), data, location, resources)
-    return SearchSession(context, setup, concurrent, build_tuner(space, out, setup, concurrent, resume))
+    tuner = build_tuner(space, out, setup, concurrent, resume, callbacks=(tracking,) if tracking else ())
+    return SearchSession(context, setup, concurrent, tuner, tracking)
 
 
 def finish_run(space: Space, session, prepared: PreparedData, out: Path, location: str, resume: bool,
@@ -175,6 +180,9 @@ def finish_run(space: Space, session, prepared: PreparedData, out: Path, locatio
     echo(session.describe(space))
     with clock.step("search"):
         grid = session.tuner.fit()
+    from search.tracking import close_study
+
+    close_study(session.tracking)
     rows = trial_rows(grid, space.training.epochs, space.scale, space.resources.memory_budget_gb)
     write_results(to_table(rows), out / "results.parquet")
     utilisation = slot_utilisation(rows, session.concurrent, clock.seconds["search"])

@@ -64,6 +64,7 @@ class SearchSession:
     setup: TrialSetup
     concurrent: int
     tuner: tune.Tuner
+    tracking: Any = None  # the MLflow callback, when the run is tracked (search/tracking.py)
 
     def describe(self, space: Space) -> str:
         r = self.setup.resources
@@ -165,7 +166,8 @@ def with_trial_resources(trainable: Callable, setup: TrialSetup):
     return tune.with_resources(tune.with_parameters(trainable, setup=setup), bundle)
 
 
-def run_config(name: str, setup: TrialSetup, space: Space, live_metrics: bool = True) -> tune.RunConfig:
+def run_config(name: str, setup: TrialSetup, space: Space, live_metrics: bool = True,
+               callbacks: tuple = ()) -> tune.RunConfig:
     """Tune's experiment `<storage>/<name>`.
 
     Training errors end their trial as reported faults (search/worker.py), so what reaches Tune as
@@ -176,11 +178,12 @@ def run_config(name: str, setup: TrialSetup, space: Space, live_metrics: bool = 
     retries = setup.max_failures if setup.resources.in_process else 0
     return tune.RunConfig(name=name, storage_path=setup.storage,
                           failure_config=tune.FailureConfig(max_failures=retries),
-                          callbacks=[LiveSearchMetrics(space.name, METRIC)] if live_metrics else [], verbose=1)
+                          callbacks=([LiveSearchMetrics(space.name, METRIC)] if live_metrics else []) + list(callbacks),
+                          verbose=1)
 
 
 def build_tuner(space: Space, out_dir: Path, setup: TrialSetup, max_concurrent: int,
-                resume: bool = False) -> tune.Tuner:
+                resume: bool = False, callbacks: tuple = ()) -> tune.Tuner:
     """The search as one Tuner; `storage` (run directory or URI) holds Tune's and Train's results.
 
     Resuming restores Tune's experiment state (finished trials stay finished, interrupted ones
@@ -199,5 +202,5 @@ def build_tuner(space: Space, out_dir: Path, setup: TrialSetup, max_concurrent: 
             max_concurrent_trials=max_concurrent,
             reuse_actors=True,
         ),
-        run_config=run_config("tune", setup, space),
+        run_config=run_config("tune", setup, space, callbacks=callbacks),
     )

@@ -106,7 +106,7 @@ class EpochReporter(pl.Callback):
                 "param_gb": gigabytes(breakdown.weights),
                 "grad_gb": gigabytes(breakdown.gradients),
                 "optimizer_gb": gigabytes(breakdown.optimizer_state),
-                "activation_gb": gigabytes(breakdown.activations),
+                "activation_gb": gigabytes(breakdown.activations + breakdown.recompute),  # recompute included
             })
         self.last = metrics
         self.report(metrics)

@@ -31,7 +31,7 @@ def finished_run(real_chips, tmp_path_factory):
         "training.num_samples": 4, "evaluation.top_k": 2, "evaluation.seeds": 3})))
     out = tmp / "run"
     try:
-        outcome = run_search(space_file, out)
+        outcome = run_search(space_file, out, mlflow="run-dir")  # tracked: a local MLflow store (SQLite file)
     finally:
         ray.shutdown()
     return outcome
@@ -139,6 +139,50 @@ def test_optuna_study_persisted_in_run_directory(finished_run):
     study = load_study(finished_run.out_dir, "test")
     assert len(study.trials) == 4
     assert {"tier", "backbone_tier2", "learning_rate"} <= set(study.trials[0].params)
+
+
+def test_mlflow_file_store_holds_one_run_per_trial_under_the_study(finished_run):
+    """Read back with MLflow's own client: one child run per trial, its sampled parameters and final metrics."""
+    assert not list(finished_run.out_dir.glob("mlruns"))  # one local store, in the run directory
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{finished_run.out_dir / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name(finished_run.out_dir.name)
+    runs = client.search_runs([experiment.experiment_id])
+    study = [r for r in runs if r.data.tags.get("em_search.role") == "study"]
+    trials = [r for r in runs if r.data.tags.get("em_search.role") == "trial"]
+    assert len(study) == 1 and study[0].info.status == "FINISHED"
+    assert len(trials) == 4 and all(r.data.tags["mlflow.parentRunId"] == study[0].info.run_id for r in trials)
+    rows = pq.read_table(finished_run.out_dir / "results.parquet").to_pylist()
+    by_lr = {round(float(r.data.params["learning_rate"]), 12): r for r in trials}
+    assert set(by_lr) == {round(row["learning_rate"], 12) for row in rows}
+    for row in rows:
+        tracked = by_lr[round(row["learning_rate"], 12)]
+        assert tracked.data.params["backbone"] == row["backbone"]
+        if row["status"] in ("completed", "stopped_early"):
+            assert tracked.data.metrics["val_miou"] == pytest.approx(row["val_miou"])
+            assert tracked.data.metrics["peak_gb"] == pytest.approx(row["peak_gb"])
+            history = client.get_metric_history(tracked.info.run_id, "val_miou")
+            assert len(history) == row["epochs_run"]  # one point per epoch
+
+
+def test_optuna_dashboard_opens_the_study_journal(finished_run):
+    """README: `optuna-dashboard runs/<run>/optuna_journal.log`; the dashboard's own loader and API read it."""
+    import io
+    import json
+
+    import optuna_dashboard
+    from optuna_dashboard._storage_url import guess_storage_from_url
+
+    storage = guess_storage_from_url(str(finished_run.out_dir / "optuna_journal.log"))
+    app = optuna_dashboard.wsgi(storage)
+    status = []
+    body = b"".join(app({"REQUEST_METHOD": "GET", "PATH_INFO": "/api/studies", "QUERY_STRING": "",
+                         "SERVER_NAME": "localhost", "SERVER_PORT": "8080", "wsgi.input": io.BytesIO(),
+                         "wsgi.url_scheme": "http"}, lambda s, h: status.append(s)))
+    assert status[0].startswith("200")
+    studies = json.loads(body)["studies"]
+    assert [s["study_name"] for s in studies] == ["test"]
 
 
 def test_best_yaml_is_the_best_trial(finished_run):
