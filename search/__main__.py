@@ -25,6 +25,9 @@ def add_run(commands) -> None:
                      help="Ray cluster to join ('auto' or host:port); default: start embedded local Ray")
     run.add_argument("--resume", action="store_true",
                      help="continue the interrupted run in --out: finished trials are kept, the study goes on")
+    run.add_argument("--base", default=None, metavar="FIT_YAML",
+                     help="search around your own `terratorch fit` config: its datamodule, task settings and trainer "
+                          "are kept; backbone, techniques, lr and batch size are searched (also: `base:` in the space)")
     run.add_argument("--mlflow", nargs="?", const="run-dir", default=None, metavar="URI",
                      help="track the study in MLflow (one child run per trial); without URI: a local SQLite store, "
                           "<run directory>/mlflow.db. Needs: pip install -e '.[tracking]'")
@@ -119,7 +122,7 @@ def run_command(args: argparse.Namespace) -> int:
         from search.run import run_search
 
         run_search(args.space, args.out, args.address, args.storage, args.resume,
-                   imports_seconds=time.time() - psutil.Process().create_time(), mlflow=args.mlflow)
+                   imports_seconds=time.time() - psutil.Process().create_time(), mlflow=args.mlflow, base=args.base)
     elif args.command == "report":
         from search.report import write_report
 

@@ -140,11 +140,13 @@ def vv_thresholds(prepared: PreparedData, features: np.ndarray, labels: np.ndarr
         return predict
 
     otsu = float(threshold_otsu(vv[finite]))
+    fitted = [BaselineScore("VV threshold (Otsu)", "threshold", score(prepared, "val", below(otsu)),
+                            score(prepared, "test", below(otsu)), f"class {dark} below {otsu:.2f} (fitted on train)")]
+    if prepared.base is not None:  # a base config's datamodule yields normalised values: no dB scale to threshold
+        return fitted
     return [BaselineScore(f"VV threshold {FIXED_VV_THRESHOLD_DB} dB", "threshold",
                           score(prepared, "val", below(FIXED_VV_THRESHOLD_DB)),
-                          score(prepared, "test", below(FIXED_VV_THRESHOLD_DB)), f"class {dark} below"),
-            BaselineScore("VV threshold (Otsu)", "threshold", score(prepared, "val", below(otsu)),
-                          score(prepared, "test", below(otsu)), f"class {dark} below {otsu:.2f} (fitted on train)")]
+                          score(prepared, "test", below(FIXED_VV_THRESHOLD_DB)), f"class {dark} below"), *fitted]
 
 
 def pixel_classifier(prepared: PreparedData, features: np.ndarray, labels: np.ndarray, seed: int) -> BaselineScore:

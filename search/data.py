@@ -94,6 +94,9 @@ class PreparedData:
     bad_chips: list[dict[str, str]] = field(default_factory=list)  # chip, file, reason
     class_pixels: dict[str, list[int]] = field(default_factory=dict)  # split → labelled pixels per class
     unlabelled_tiles: int = 0  # dropped: no labelled pixel
+    tile_size: int | None = None  # set when the tiles come from a base config's datamodule
+    base: dict | None = None  # the user's TerraTorch config the trials start from (search/base_config.py)
+    base_dir: str | None = None  # the directory its relative data paths are relative to (where the run started)
 
     def split_file(self, split: str) -> Path:
         return self.root / "splits" / f"{split}.txt"
@@ -110,6 +113,7 @@ class PreparedData:
             "modalities": self.modalities, "num_classes": self.num_classes, "splits": self.splits,
             "tiles": self.tiles, "means": self.means, "stds": self.stds, "bad_chips": self.bad_chips,
             "class_pixels": self.class_pixels, "unlabelled_tiles": self.unlabelled_tiles,
+            "tile_size": self.tile_size, "base": self.base, "base_dir": self.base_dir,
         }, indent=1))
 
     @classmethod

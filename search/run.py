@@ -7,6 +7,7 @@ directory that never got going.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import time
@@ -58,15 +59,22 @@ def claim_out_dir(out: Path) -> None:
 
 
 def prepare_data(space: Space, out: Path, echo) -> PreparedData:
-    data = space.data
-    root = Path(data.root).expanduser() if data.root else sample_root(data.layout)
-    prepared = prepare(root, data.layout, list(data.modalities), data.num_classes, data.tile_size, out / "data",
-                       list(data.val_chips), list(data.test_chips), space.training.seed, data.val_fraction,
-                       data.test_fraction, data.on_bad_chip, warn=echo)
+    """Tiles from a folder layout, or (with a base config) shapes and baseline tiles from the user's datamodule."""
+    if space.base:
+        from search.base_config import load_base
+        from search.base_data import prepare_from_base
+
+        prepared = prepare_from_base(load_base(space.base), space.base, out / "data", echo)
+    else:
+        data = space.data
+        root = Path(data.root).expanduser() if data.root else sample_root(data.layout)
+        prepared = prepare(root, data.layout, list(data.modalities), data.num_classes, data.tile_size, out / "data",
+                           list(data.val_chips), list(data.test_chips), space.training.seed, data.val_fraction,
+                           data.test_fraction, data.on_bad_chip, warn=echo)
+        check_batches(prepared, space.training.batch_size, space.resources.workers_per_trial)
     if space.evaluation.top_k and not prepared.tiles["test"]:
         raise DataError("evaluation.top_k: retraining on held-out chips needs a test split; name "
                         "data.test_chips, give more chips, or set evaluation.top_k: 0")
-    check_batches(prepared, space.training.batch_size, space.resources.workers_per_trial)
     return prepared
 
 
@@ -106,12 +114,19 @@ def reopen_run(space_path: str | Path, out: Path) -> tuple[PreparedData, str, st
 
 def run_search(space_path: str | Path, out: Path | None = None, address: str | None = None,
                storage: str | None = None, resume: bool = False, echo=print,
-               imports_seconds: float | None = None, mlflow: str | None = None) -> RunOutcome:
+               imports_seconds: float | None = None, mlflow: str | None = None,
+               base: str | None = None) -> RunOutcome:
     """The whole run; `imports_seconds`: what the CLI process spent before it got here (for the breakdown)."""
     clock = Stopwatch()
     if imports_seconds is not None:
         clock.seconds["driver imports"] = imports_seconds
     space = load_space(space_path)
+    if base is not None:
+        space = dataclasses.replace(space, base=base)
+    if space.base and not resume:
+        from search.base_config import load_base
+
+        load_base(space.base)  # a config that cannot work fails here, in one line, before any directory exists
     if resume and out is None:
         raise RunError("--resume needs --out DIR, the run directory to continue")
     out = (out or default_out_dir(space)).resolve()
@@ -122,6 +137,9 @@ def run_search(space_path: str | Path, out: Path | None = None, address: str | N
     with clock.step("data preparation"):
         prepared, location, data = reopen_run(space_path, out) if resume else start_run(space_path, space, out,
                                                                                           storage, echo)
+    from search.base_config import effective_space
+
+    space = effective_space(space, prepared)  # a base config's shapes, epochs and precision
     # The baselines need only the tiles: they are computed in the background while Ray starts and trials train.
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="baselines")
     baselines = pool.submit(baseline_scores, prepared, space.training.seed)

@@ -115,6 +115,7 @@ class Space:
     resources: ResourceSpec = field(default_factory=ResourceSpec)
     faults: tuple[Fault, ...] = ()  # testing aid (search/faults.py); empty = off
     weights: dict[str, str] = field(default_factory=dict)  # backbone → local weights; the others: random init
+    base: str | None = None  # a `terratorch fit` config to search around (search/base_config.py); None: `data`
     source: str = ""
 
     def fault_for(self, trial_number: int | None) -> Fault | None:
@@ -126,7 +127,7 @@ class Space:
 
 
 TOP_KEYS = {"name", "scale", "objective", "tiers", "techniques", "training", "decoder", "data", "resources",
-            "evaluation", "faults", "weights"}
+            "evaluation", "faults", "weights", "base"}
 FAULT_KEYS = {"trial", "kind", "epoch"}
 
 
@@ -220,8 +221,18 @@ def parse_space(raw: Any, source: str = "<space>") -> Space:
         resources=parse_resources(c, c.section(raw, "resources", ResourceSpec.__dataclass_fields__)),
         faults=parse_faults(c, raw.get("faults", []), training.epochs),
         weights=parse_weights(c, raw.get("weights") or {}, tiers),
+        base=parse_base(c, raw.get("base")),
         source=source,
     )
+
+
+def parse_base(c: _Checker, raw: Any) -> str | None:
+    """A TerraTorch config file (read when the run starts: search/base_config.py); relative to the working directory."""
+    if raw is None:
+        return None
+    if not isinstance(raw, str):  # read (and its existence checked) where the run starts: search/base_config.py
+        c.fail("base", "the path of a TerraTorch config file (the one `terratorch fit -c` trains)", raw)
+    return raw
 
 
 def parse_weights(c: _Checker, raw: Any, tiers: dict[int, tuple[str, ...]]) -> dict[str, str]:

@@ -19,6 +19,21 @@ DATAMODULE_CLASS = "terratorch.datamodules.GenericMultiModalDataModule"
 TASK_CLASS = "terratorch.tasks.SemanticSegmentationTask"
 
 
+def backbone_model_args(space: Space, params: dict[str, Any], modalities: list[str], tile_size: int) -> dict[str, Any]:
+    """The searched model part: the backbone and every `backbone_*` argument of TerraTorch's factory."""
+    spec = get_spec(params["backbone"])
+    return {
+        "backbone": params["backbone"],
+        "backbone_scale": space.scale,
+        "backbone_modalities": list(modalities),
+        "backbone_img_size": tile_size,
+        "backbone_pretrained": params["backbone"] in space.weights,
+        **({"backbone_ckpt_path": space.weights[params["backbone"]]} if params["backbone"] in space.weights else {}),
+        **space.techniques.of(params).backbone_args(),
+        **{f"backbone_{k}": v for k, v in spec.extra_args.items()},
+    }
+
+
 def model_init_args(space: Space, params: dict[str, Any], num_classes: int, modalities: list[str],
                     tile_size: int) -> dict[str, Any]:
     spec = get_spec(params["backbone"])
@@ -26,14 +41,7 @@ def model_init_args(space: Space, params: dict[str, Any], num_classes: int, moda
     return {
         "model_factory": "EncoderDecoderFactory",
         "model_args": {
-            "backbone": params["backbone"],
-            "backbone_scale": space.scale,
-            "backbone_modalities": list(modalities),
-            "backbone_img_size": tile_size,
-            "backbone_pretrained": params["backbone"] in space.weights,
-            **({"backbone_ckpt_path": space.weights[params["backbone"]]} if params["backbone"] in space.weights else {}),
-            **space.techniques.of(params).backbone_args(),
-            **{f"backbone_{k}": v for k, v in spec.extra_args.items()},
+            **backbone_model_args(space, params, modalities, tile_size),
             "decoder": spec.decoder or space.decoder.name,
             **({} if spec.decoder else {"decoder_channels": space.decoder.channels}),
             "num_classes": num_classes,
@@ -52,8 +60,15 @@ def model_init_args(space: Space, params: dict[str, Any], num_classes: int, moda
 
 
 def terratorch_config(space: Space, params: dict[str, Any], prepared: PreparedData) -> dict[str, Any]:
-    """The complete LightningCLI config for one set of sampled parameters (and its seed, if it has one)."""
+    """The complete LightningCLI config for one set of sampled parameters (and its seed, if it has one):
+    the user's base config with the searched parts replaced, or one of this project's own."""
     seed = params.get("seed")
+    if prepared.base is not None:
+        from search.base_config import trial_config
+
+        return trial_config(prepared.base, backbone_model_args(space, params, prepared.modalities, prepared.tile_size),
+                            params["learning_rate"], params["batch_size"], seed, str(PLUGIN_DIR),
+                            get_spec(params["backbone"]).decoder)
     return {
         "seed_everything": int(space.training.seed if seed is None else seed),
         "custom_modules_path": str(PLUGIN_DIR),

@@ -14,7 +14,6 @@ and data loaders are released and garbage-collected at the end.
 from __future__ import annotations
 
 import gc
-import importlib
 import math
 import os
 import time
@@ -30,6 +29,7 @@ import em_backbones.registered  # noqa: F401  (registers the project's backbones
 from em_backbones.catalog import get_spec
 from em_backbones.loading import release_heap
 from em_backbones.memory import gigabytes
+from search.base_config import effective_space, instantiate, with_absolute_data_paths
 from search.data import PreparedData
 from search.fault_guard import FaultGuard
 from search.faults import cause_of
@@ -43,14 +43,10 @@ TEST_METRIC = "test/mIoU"
 SHARDABLE_DATAMODULE = "em_backbones.datamodules.ShardableMultiModalDataModule"
 Report = Callable[[dict[str, Any]], None]
 
+TRIAL_OWNED_TRAINER_KEYS = ("accelerator", "devices", "callbacks", "logger", "enable_checkpointing",
+                            "enable_progress_bar", "enable_model_summary", "strategy", "num_nodes", "plugins",
+                            "default_root_dir")
 TRIALS_IN_THIS_PROCESS = 0  # how many trials this process trained before the current one (0: a fresh process)
-
-
-def instantiate(node: dict[str, Any]) -> Any:
-    """Build `{class_path, init_args}` the way LightningCLI does, for one level of nesting."""
-    module_name, _, class_name = node["class_path"].rpartition(".")
-    cls = getattr(importlib.import_module(module_name), class_name)
-    return cls(**node.get("init_args", {}))
 
 
 class EpochReporter(pl.Callback):
@@ -114,8 +110,10 @@ class EpochReporter(pl.Callback):
 
 def trainer_for(config: dict[str, Any], callbacks: list[pl.Callback], distributed: bool) -> pl.Trainer:
     """Lightning's Trainer from the config's `trainer` section; Ray's DDP strategy for multi-worker trials."""
-    args = {k: v for k, v in config["trainer"].items() if k not in ("accelerator", "devices")}
-    common = dict(callbacks=callbacks, enable_progress_bar=False, enable_model_summary=False, accelerator="auto")
+    # A base config's own loggers, callbacks and checkpoints belong to `terratorch fit`, not to a trial.
+    args = {k: v for k, v in config["trainer"].items() if k not in TRIAL_OWNED_TRAINER_KEYS}
+    common = dict(callbacks=callbacks, enable_progress_bar=False, enable_model_summary=False, accelerator="auto",
+                  logger=False, enable_checkpointing=False)
     if not distributed:
         return pl.Trainer(**args, **common, devices=1)
     from ray.train.lightning import RayDDPStrategy, RayLightningEnvironment, prepare_trainer
@@ -155,8 +153,12 @@ def train(loop_config: dict[str, Any], report: Report, distributed: bool = False
     started = time.monotonic()
     torch.set_num_threads(max(1, int(cpus)))  # the trial's own CPUs, whatever a previous trial set
     params = loop_config["params"]
-    space = parse_space(yaml.safe_load(loop_config["space_yaml"]), loop_config["space_source"])
-    config = terratorch_config(space, params, PreparedData.load(materialise(loop_config["data"])))
+    prepared = PreparedData.load(materialise(loop_config["data"]))
+    space = effective_space(parse_space(yaml.safe_load(loop_config["space_yaml"]), loop_config["space_source"]),
+                            prepared)
+    config = terratorch_config(space, params, prepared)
+    if prepared.base_dir:
+        config = with_absolute_data_paths(config, prepared.base_dir)
     if distributed:
         # Lightning's sampler injection would re-batch TerraTorch's loaders to size 1
         # (em_backbones/datamodules.py); the subclass differs from TerraTorch's in nothing else.

@@ -1,0 +1,127 @@
+"""Bring your own TerraTorch config (search/base_config.py): the shipped example base configs searched end to end."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pyarrow.parquet as pq
+import pytest
+import ray
+import yaml
+
+from search.__main__ import main
+from search.run import run_search
+from tests.conftest import REPO
+
+SEARCHED = ("model.init_args.model_args.backbone", "model.init_args.lr", "data.init_args.batch_size")
+
+
+def flatten(node, prefix: str = "") -> dict:
+    if isinstance(node, dict):
+        out = {}
+        for key, value in node.items():
+            out.update(flatten(value, f"{prefix}{key}."))
+        return out
+    return {prefix.rstrip("."): node}
+
+
+def searched_parts_only(base: dict, best: dict) -> list[str]:
+    """Keys whose value differs between the user's config and best.yaml, minus the searched ones."""
+    a, b = flatten(base), flatten(best)
+    changed = [k for k in sorted(set(a) | set(b)) if a.get(k, "<absent>") != b.get(k, "<absent>")]
+    return [k for k in changed if not k.startswith(SEARCHED)]
+
+
+def search_around(example: str, tmp_path_factory, **overrides):
+    space = yaml.safe_load((REPO / "spaces" / example).read_text())
+    space["training"].update(overrides.pop("training", {}))
+    space.update(overrides)
+    tmp = tmp_path_factory.mktemp(example.removesuffix(".yaml"))
+    (tmp / "space.yaml").write_text(yaml.safe_dump(space))
+    try:
+        return run_search(tmp / "space.yaml", tmp / "run"), tmp / "space.yaml"
+    finally:
+        ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def flood_run(tmp_path_factory):
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(REPO)  # the example's data paths are relative to the repository root, as for `terratorch fit`
+        return search_around("flood_base.yaml", tmp_path_factory, training={"num_samples": 2},
+                             evaluation={"top_k": 1, "seeds": 1})
+
+
+def fast_dev_run(best_yaml) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "terratorch", "fit", "-c", str(best_yaml),
+                           "--trainer.fast_dev_run=true"], cwd=REPO, capture_output=True, text=True, timeout=600)
+
+
+def test_best_yaml_is_the_users_config_with_only_the_searched_parts_replaced(flood_run):
+    outcome, _ = flood_run
+    base = yaml.safe_load((REPO / "spaces/base/flood_fit.yaml").read_text())
+    best = yaml.safe_load((outcome.out_dir / "best.yaml").read_text())
+    assert searched_parts_only(base, best) == []
+    args = best["model"]["init_args"]["model_args"]
+    assert args["backbone"] in ("em_prithvi", "em_terramind") and args["backbone_modalities"] == ["S1GRD"]
+    assert args["backbone_img_size"] == 256  # read from the datamodule's batches (the config's crops)
+    assert best["model"]["init_args"]["class_weights"] == [0.3, 0.7]  # the user's loss settings, kept
+    result = fast_dev_run(outcome.out_dir / "best.yaml")
+    assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_trials_validate_and_baselines_score_on_the_datamodules_own_splits(flood_run):
+    outcome, _ = flood_run
+    prepared = yaml.safe_load((outcome.out_dir / "data" / "prepared.json").read_text())
+    assert len(prepared["tiles"]["val"]) == 2 and len(prepared["tiles"]["test"]) == 2  # the config's split files
+    rows = pq.read_table(outcome.out_dir / "results.parquet").to_pylist()
+    assert len(rows) == 2 and all(r["val_miou"] > 0 for r in rows)
+    summary = yaml.safe_load((outcome.out_dir / "summary.json").read_text())
+    names = {b["name"] for b in summary["baselines"]}
+    assert "VV threshold (Otsu)" in names and not any("dB" in n for n in names)  # normalised: no fixed dB line
+    assert (outcome.out_dir / "report.html").read_text().count("flood-base") >= 1
+
+
+def test_a_finished_base_config_run_resumes(flood_run):
+    outcome, space_file = flood_run
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(REPO)
+        try:
+            again = run_search(space_file, outcome.out_dir, resume=True)
+        finally:
+            ray.shutdown()
+    assert {r["trial_id"] for r in pq.read_table(again.out_dir / "results.parquet").to_pylist()} == \
+        {r["trial_id"] for r in pq.read_table(outcome.out_dir / "results.parquet").to_pylist()}
+
+
+def test_terramesh_example_base_config_search_exports_a_config_terratorch_trains(tmp_path_factory, monkeypatch):
+    monkeypatch.chdir(REPO)
+    outcome, _ = search_around("terramesh_base.yaml", tmp_path_factory, training={"num_samples": 1},
+                               evaluation={"top_k": 0})
+    base = yaml.safe_load((REPO / "spaces/base/terramesh_fit.yaml").read_text())
+    best = yaml.safe_load((outcome.out_dir / "best.yaml").read_text())
+    assert searched_parts_only(base, best) == []
+    assert best["model"]["init_args"]["model_args"]["backbone_modalities"] == ["S1RTC", "S2L2A"]
+    result = fast_dev_run(outcome.out_dir / "best.yaml")
+    assert result.returncode == 0, result.stderr[-2000:]
+
+
+@pytest.mark.parametrize("breakage, named", [
+    ({"data": {"class_path": "terratorch.datamodules.NoSuchDataModule"}}, "data.class_path"),
+    ({"data": {"init_args": {"train_label_data_root": "search/sample_data/missing"}}},
+     "data.init_args.train_label_data_root"),
+])
+def test_a_broken_base_config_fails_in_one_line_naming_the_key_and_leaves_no_run(breakage, named, tmp_path,
+                                                                                 monkeypatch, capsys):
+    monkeypatch.chdir(REPO)
+    base = yaml.safe_load((REPO / "spaces/base/flood_fit.yaml").read_text())
+    for section, change in breakage.items():
+        base[section].update({k: v for k, v in change.items() if k != "init_args"})
+        base[section]["init_args"].update(change.get("init_args", {}))
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump(base))
+    out = tmp_path / "run"
+    code = main(["run", str(REPO / "spaces/flood_base.yaml"), "--base", str(tmp_path / "base.yaml"), "--out", str(out)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code != 0 and len(err) == 1 and named in err[0] and str(tmp_path / "base.yaml") in err[0]
+    assert not out.exists()
