@@ -159,9 +159,10 @@ def train(loop_config: dict[str, Any], report: Report, distributed: bool = False
     config = terratorch_config(space, params, prepared)
     if prepared.base_dir:
         config = with_absolute_data_paths(config, prepared.base_dir)
-    if distributed:
+    if distributed and config["data"]["class_path"].endswith("GenericMultiModalDataModule"):
         # Lightning's sampler injection would re-batch TerraTorch's loaders to size 1
         # (em_backbones/datamodules.py); the subclass differs from TerraTorch's in nothing else.
+        # Any other datamodule (a base config's own) is used as written.
         config["data"]["class_path"] = SHARDABLE_DATAMODULE
     meter = PeakMemoryMeter()
     constant = {**process_facts(cpus, import_seconds), "seed": config["seed_everything"],
