@@ -20,9 +20,7 @@ import importlib
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from search.errors import UserError
+from search.errors import UserError, read_yaml
 
 FACTORY = "EncoderDecoderFactory"
 PATH_KEY_PARTS = ("root", "split", "path", "file", "dir")  # datamodule arguments that name files or folders
@@ -35,12 +33,7 @@ class BaseConfigError(UserError, ValueError):
 def load_base(path: str | Path) -> dict[str, Any]:
     """The user's config, checked; raises BaseConfigError with one line naming file and key."""
     path = Path(path)
-    if not path.is_file():
-        raise BaseConfigError(f"base: {path} does not exist")
-    try:
-        config = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise BaseConfigError(f"base {path}: not YAML ({str(err).splitlines()[0]})") from None
+    config = read_yaml(path, BaseConfigError, prefix="base ")
     if not isinstance(config, dict) or not isinstance(config.get("data"), dict) or not isinstance(
             config.get("model"), dict):
         raise BaseConfigError(f"base {path}: expected a LightningCLI fit config with 'data' and 'model' sections")

@@ -14,13 +14,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-import yaml
 
 from em_backbones.bands import MODALITY_BANDS
 from em_backbones.catalog import CATALOG, SEARCHED_TIERS, did_you_mean, get_spec
 from em_backbones.techniques_config import PRECISION_BYTES, Techniques, knob_default, searched_knobs, \
     technique_knobs
-from search.errors import UserError
+from search.errors import UserError, read_yaml
 from search.faults import FAULT_KINDS, Fault
 
 
@@ -181,16 +180,7 @@ class _Checker:
 
 def load_space(path: str | Path) -> Space:
     """Read and validate a space file; raise SpaceError (one line) on the first bad field."""
-    path = Path(path)
-    if not path.is_file():
-        raise SpaceError(f"{path}: space file not found")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
-        raise SpaceError(f"{path}: YAML syntax error{where}: {problem}") from None
+    raw = read_yaml(path, SpaceError, what="space file")
     return parse_space(raw, str(path))
 
 
