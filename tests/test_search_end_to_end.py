@@ -128,7 +128,9 @@ def test_results_table_has_one_row_per_trial(finished_run):
         assert 0.0 <= row["val_miou"] <= 1.0
         assert 0.0 < row["peak_gb"] < 1.0 and row["memory_method"].startswith("cpu_accounting")
         assert row["objective"] == pytest.approx(row["val_miou"] / row["peak_gb"])
-        assert row["wall_seconds"] > 0 and 0 < row["train_seconds"] <= row["wall_seconds"]
+        # Two clocks: Tune times a reused actor's trial from its reset, which can come a moment after the trial's
+        # training thread started (seen: 3.31 s of training in 3.19 s of Tune time on a loaded CI machine).
+        assert row["wall_seconds"] > 0 and 0 < row["train_seconds"] <= row["wall_seconds"] + 0.5
         span = (row["finished_at"] - row["started_at"]).total_seconds()
         assert abs(span - row["wall_seconds"]) <= 1 and row["finished_at"] <= datetime.now(timezone.utc)
         assert row["node_ip"]
@@ -168,20 +170,20 @@ def test_mlflow_file_store_holds_one_run_per_trial_under_the_study(finished_run)
 
 def test_optuna_dashboard_opens_the_study_journal(finished_run):
     """README: `optuna-dashboard runs/<run>/optuna_journal.log`; the dashboard's own loader and API read it."""
-    import io
     import json
+    from wsgiref.util import setup_testing_defaults
 
     import optuna_dashboard
     from optuna_dashboard._storage_url import guess_storage_from_url
 
     storage = guess_storage_from_url(str(finished_run.out_dir / "optuna_journal.log"))
     app = optuna_dashboard.wsgi(storage)
+    environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/api/studies"}
+    setup_testing_defaults(environ)
     status = []
-    body = b"".join(app({"REQUEST_METHOD": "GET", "PATH_INFO": "/api/studies", "QUERY_STRING": "",
-                         "SERVER_NAME": "localhost", "SERVER_PORT": "8080", "wsgi.input": io.BytesIO(),
-                         "wsgi.url_scheme": "http"}, lambda s, h: status.append(s)))
-    assert status[0].startswith("200")
-    studies = json.loads(body)["studies"]
+    body = b"".join(app(environ, lambda code, headers, exc_info=None: status.append(code)))
+    assert status[0].startswith("200"), body[:2000]
+    studies = json.loads(body)["study_summaries"]
     assert [s["study_name"] for s in studies] == ["test"]
 
 
