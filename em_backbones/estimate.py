@@ -31,7 +31,6 @@ its chunked scan keeps chunk x chunk decay matrices per head, padded to `mamba_c
 from __future__ import annotations
 
 import functools
-import math
 from dataclasses import dataclass
 
 from accelerate import init_empty_weights

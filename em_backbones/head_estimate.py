@@ -62,7 +62,7 @@ def decoder_head_memory(name: str, scale: str, img_size: int, modalities: tuple[
     model.encoder = FixedFeatures([torch.zeros(TRACE_BATCH, c, s, s, requires_grad=True)
                                    for c, s in zip(channels, feature_sides(name, img_size, modalities))])
     model.to_empty(device="cpu")  # the encoder is gone: this materialises decoder, head and neck only
-    params = [p for p in model.parameters()]
+    params = list(model.parameters())
     with SavedActivationCounter(exclude=model) as counter:
         logits = model(zero_batch(TRACE_BATCH, img_size, modalities)).output
         loss = nn.functional.cross_entropy(logits, torch.zeros(logits.shape[0], *logits.shape[2:], dtype=torch.long))

@@ -21,7 +21,7 @@ from rasterio.windows import Window
 
 from em_backbones.bands import MODALITY_BANDS
 from search.base_config import BaseConfigError, instantiate
-from search.data import IGNORE_INDEX, LABEL_FOLDER, SPLITS, PreparedData, class_histogram, write_tile
+from search.data import IGNORE_INDEX, SPLITS, PreparedData, class_histogram, write_tile
 
 TRAIN_SAMPLE_BATCHES = 16  # training batches copied for the baselines' fit
 
@@ -67,6 +67,8 @@ def prepare_from_base(base: dict[str, Any], source: str, root: Path, warn: Calla
                             tile_size=int(next(iter(first["image"].values())).shape[-1]), base=base,
                             base_dir=str(Path.cwd()))
     sums = {m: np.zeros((3, len(MODALITY_BANDS[m]))) for m in modalities}
+    for folder in [prepared.modality_dir(m) for m in modalities] + [prepared.label_dir]:
+        folder.mkdir(parents=True, exist_ok=True)
     for split, loader in loaders.items():
         prepared.class_pixels[split] = [0] * num_classes
         for number, batch in enumerate(loader):
@@ -101,12 +103,10 @@ def copy_batch(prepared: PreparedData, split: str, batch: dict[str, Any], ignore
             tile_id = f"{split}-{len(prepared.tiles[split]):06d}"
             for modality in prepared.modalities:
                 array = batch["image"][modality][i].float().numpy()
-                (prepared.root / "tiles" / modality).mkdir(parents=True, exist_ok=True)
                 write_tile(prepared.modality_dir(modality) / f"{tile_id}.tif", array, rasterio.Affine.identity(),
                            None, window, "float32")
                 flat = array.reshape(array.shape[0], -1)
                 sums[modality] += np.stack([flat.sum(1), (flat**2).sum(1), np.full(flat.shape[0], flat.shape[1])])
-            prepared.label_dir.mkdir(parents=True, exist_ok=True)
             write_tile(prepared.label_dir / f"{tile_id}.tif", mask[None], rasterio.Affine.identity(), None, window,
                        "int16")
             prepared.tiles[split].append(tile_id)

@@ -198,8 +198,8 @@ def run_fullscale_bench(backbones: list[str], directory: Path, keep: bool, out: 
 def fullscale_table(rows: list[dict]) -> str:
     header = (f"{'backbone':<15} {'load peak GB':>12} {'predicted':>9} {'error':>7} {'step peak GB':>12} "
               f"{'predicted':>9} {'error':>7} {'load s':>7} {'step s':>7}")
-    lines = [f"NF4 + double quantization, LoRA r16, gradient checkpointing; batch 1 at the published size; "
-             f"peaks = VmHWM minus the baseline before building", header, "-" * len(header)]
+    lines = ["NF4 + double quantization, LoRA r16, gradient checkpointing; batch 1 at the published size; "
+             "peaks = VmHWM minus the baseline before building", header, "-" * len(header)]
     for r in rows:
         lines.append(f"{r['backbone']:<15} {r['load_peak_gb']:>12.2f} {r['predicted_load_gb']:>9.2f} "
                      f"{r['load_error']:>+7.1%} {r['step_peak_gb']:>12.2f} {r['predicted_step_gb']:>9.2f} "
