@@ -46,6 +46,11 @@ from em_backbones.techniques import lora_target_modules
 from em_backbones.techniques_config import PRECISION_BYTES, Techniques
 
 OVERHEAD_FRACTION = 0.10
+
+
+def adamw_state_bytes(trainable: int, tensors: int, p_bytes: int) -> int:
+    """AdamW's state: two moments per trainable parameter and a step counter per parameter tensor."""
+    return 2 * p_bytes * trainable + 4 * tensors
 # What a process's CUDA context (driver, cuBLAS, cuDNN, kernels) takes beside PyTorch's pool; outside
 # max_memory_allocated, so outside `peak`, but every trial on a GPU pays it. Measured with torch 2.11 +
 # CUDA 13 on an H200: nvidia-smi's process memory after a matmul, a conv backward and SDPA in bf16
@@ -145,7 +150,7 @@ def estimate(name: str, scale: str, techniques: Techniques, batch_size: int, img
     else:
         trainable = quantizable + groups.quantizable_bias + groups.other
     gradients = p_bytes * trainable
-    optimizer = 2 * p_bytes * trainable + 4 * groups.tensors  # AdamW: two moments + a step counter per tensor
+    optimizer = adamw_state_bytes(trainable, groups.tensors, p_bytes)
 
     linear = rank > 0 or bits != 4  # only frozen 4-bit layers keep no input (see the module docstring)
     norm = rank == 0

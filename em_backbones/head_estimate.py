@@ -19,6 +19,7 @@ from terratorch.registry import BACKBONE_REGISTRY
 from torch import nn
 
 from em_backbones.bands import bands_of
+from em_backbones.estimate import adamw_state_bytes
 from em_backbones.memory import MemoryBreakdown, SavedActivationCounter
 from em_backbones.techniques_config import PRECISION_BYTES
 
@@ -72,5 +73,5 @@ def decoder_head_memory(name: str, scale: str, img_size: int, modalities: tuple[
     n_buffers = sum(b.numel() for b in model.buffers() if b.is_floating_point())
     return MemoryBreakdown(weights=(n_params + n_buffers) * PRECISION_BYTES[precision],
                            gradients=n_params * PRECISION_BYTES[precision],
-                           optimizer_state=2 * n_params * PRECISION_BYTES[precision] + 4 * len(params),
+                           optimizer_state=adamw_state_bytes(n_params, len(params), PRECISION_BYTES[precision]),
                            activations=counter.bytes * scale_bytes * batch_size / TRACE_BATCH)

@@ -123,6 +123,10 @@ class ShardLoader:
                 packed += weights.shape[0] * quantized_weight_bytes(weights.shape[2], weights.shape[1], bits, double)
         return rest + packed
 
+    def predicted_bytes(self, ckpt_path: str | Path) -> float:
+        """What loading this checkpoint will need of host memory (see `predicted_load_bytes`)."""
+        return predicted_load_bytes(self.final_bytes(), ckpt_path, self.largest_expert_bytes())
+
     def largest_expert_bytes(self) -> float:
         """One layer's expert weights at `dtype`, held until both halves are there to quantize."""
         element = torch.finfo(self.dtype).bits // 8

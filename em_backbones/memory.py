@@ -12,7 +12,8 @@ Saved tensors are counted through `torch.autograd.graph.saved_tensors_hooks`, on
 and storages that are parameters are not counted twice. With gradient checkpointing, backward
 rebuilds one checkpointed layer at a time, and what that layer saves sits on top of everything
 above: `RecomputeProbe` runs each distinct checkpointed layer once more without checkpointing,
-on the inputs it saw, under the same count, and the largest is the step's `recompute` part. Transient buffers freed inside the
+on the inputs it saw, under the same count, and the largest is the step's `recompute` part.
+Transient buffers freed inside the
 forward pass are not included: the figure is a lower bound on the process's true peak, exact
 for what scales with model size, batch and checkpointing, which is what the search compares.
 """

@@ -17,7 +17,7 @@ from torch import nn
 
 from em_backbones.catalog import SCALES, did_you_mean, get_spec
 from em_backbones.contract import missing_from_contract
-from em_backbones.loading import ShardLoader, check_host_memory, predicted_load_bytes
+from em_backbones.loading import ShardLoader, check_host_memory
 from em_backbones.techniques import apply_techniques
 from em_backbones.techniques_config import Techniques, technique_knobs
 
@@ -69,7 +69,7 @@ def load_checkpoint(model: nn.Module, techniques: Techniques, ckpt_path: str) ->
     """Fill the meta-built Hugging Face part from a local directory, quantized while loading; refuse first
     when the node cannot hold what loading needs."""
     loader = ShardLoader(model, techniques)
-    check_host_memory(predicted_load_bytes(loader.final_bytes(), ckpt_path, loader.largest_expert_bytes()), ckpt_path)
+    check_host_memory(loader.predicted_bytes(ckpt_path), ckpt_path)
     loader.load(ckpt_path)
 
 

@@ -52,16 +52,22 @@ def load_base(path: str | Path) -> dict[str, Any]:
     return config
 
 
+def class_of(class_path: str) -> type:
+    """The class a LightningCLI `class_path` names."""
+    module_name, _, class_name = class_path.rpartition(".")
+    return getattr(importlib.import_module(module_name), class_name)
+
+
 def check_importable(path: Path, key: str, class_path: Any) -> None:
     if not isinstance(class_path, str) or "." not in class_path:
         raise BaseConfigError(f"base {path}: {key}: expected a dotted class path, got {class_path!r}")
     module_name, _, class_name = class_path.rpartition(".")
     try:
-        module = importlib.import_module(module_name)
+        class_of(class_path)
     except ImportError as err:
         raise BaseConfigError(f"base {path}: {key}: cannot import {module_name} ({err})") from None
-    if not hasattr(module, class_name):
-        raise BaseConfigError(f"base {path}: {key}: {module_name} has no {class_name}")
+    except AttributeError:
+        raise BaseConfigError(f"base {path}: {key}: {module_name} has no {class_name}") from None
 
 
 def data_paths(init_args: dict[str, Any], prefix: str = "") -> list[tuple[str, str]]:
@@ -85,9 +91,8 @@ def instantiate(node: Any) -> Any:
         return node
     if "class_path" not in node:
         return {key: instantiate(value) for key, value in node.items()}
-    module_name, _, class_name = node["class_path"].rpartition(".")
-    cls = getattr(importlib.import_module(module_name), class_name)
-    return cls(**{key: instantiate(value) for key, value in (node.get("init_args") or {}).items()})
+    init_args = node.get("init_args") or {}
+    return class_of(node["class_path"])(**{key: instantiate(value) for key, value in init_args.items()})
 
 
 def trial_config(base: dict[str, Any], backbone_args: dict[str, Any], learning_rate: float, batch_size: int,

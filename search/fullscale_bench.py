@@ -115,7 +115,7 @@ def measure(name: str, directory: Path, scale: str = "full") -> dict[str, Any]:
     import em_backbones.registered  # noqa: F401
     from em_backbones.catalog import get_spec
     from em_backbones.estimate import estimate
-    from em_backbones.loading import ShardLoader, predicted_load_bytes, release_heap
+    from em_backbones.loading import ShardLoader, release_heap
     from em_backbones.techniques_config import Techniques
     from terratorch.registry import BACKBONE_REGISTRY
 
@@ -124,7 +124,7 @@ def measure(name: str, directory: Path, scale: str = "full") -> dict[str, Any]:
     modalities = ("S1RTC", "S2L2A")
     with init_empty_weights():  # the same backbone on meta, to predict what loading needs before it starts
         loader = ShardLoader(BACKBONE_REGISTRY.build(name, scale=scale, img_size=size), techniques)
-    predicted_load = predicted_load_bytes(loader.final_bytes(), directory, loader.largest_expert_bytes())
+    predicted_load = loader.predicted_bytes(directory)
     del loader
     gc.collect()
     torch.manual_seed(0)
