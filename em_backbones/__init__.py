@@ -1,10 +1,11 @@
-"""Backbones for the search: catalog and settings (light), families and techniques (heavy).
+"""Backbones for the search: catalog and settings (light), families, techniques and sizing (heavy).
 
 Importing this package imports no torch, TerraTorch or transformers: the search's planning side
-(space validation, reports) reads `em_backbones.catalog` and `em_backbones.techniques_config`
-only. The training side registers every backbone in TerraTorch's BACKBONE_REGISTRY with
-`import em_backbones.registered`; TerraTorch's `custom_modules_path` does the same through
-`em_backbones/plugin/em_backbones_plugin` (see `em_backbones.registered.PLUGIN_DIR`).
+(space validation, reports) reads `em_backbones.catalog` and `em_backbones.techniques.config`
+only. `import em_backbones.families` registers every family in the project's own registry
+(em_backbones/registry.py); `import em_backbones.registered` also puts them in TerraTorch's
+BACKBONE_REGISTRY, which TerraTorch's `custom_modules_path` does through
+`em_backbones/plugin/em_backbones_plugin` (`PLUGIN_DIR` below).
 """
 
 from pathlib import Path

@@ -31,7 +31,7 @@ class BackboneSpec:
     native_img_size: int = 224  # the published input size, the default when none is given
     required_sensors: tuple[str, ...] = ()  # modality prefixes the backbone cannot work without ("S1", "S2")
     decoder: str | None = None  # a decoder the backbone needs whatever the space names (the U-Net has its own)
-    estimated: bool = True  # em_backbones/estimate.py models its memory
+    estimated: bool = True  # em_backbones/sizing/estimate.py models its memory
     extra_args: dict[str, Any] = field(default_factory=dict)  # family-specific backbone_* arguments and defaults
 
 
@@ -112,7 +112,7 @@ CATALOG: dict[str, BackboneSpec] = {
             published_params=86e6,
             patch_size=8,
         ),
-        # Tier 0: not searched; the small CNN every searched backbone must beat (em_backbones/cnn.py).
+        # Tier 0: not searched; the small CNN every searched backbone must beat (em_backbones/families/cnn.py).
         BackboneSpec(
             name="em_cnn",
             tier=0,

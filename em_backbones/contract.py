@@ -1,7 +1,7 @@
 """The one typed contract every registered backbone class meets: what techniques, estimator and counter ask.
 
 Like TerraTorch's registry contract and transformers' per-model configuration, each family answers
-for itself in its own module; generic code (em_backbones/techniques.py, estimate.py, counting.py)
+for itself in its own module; generic code (em_backbones/techniques/apply.py, estimate.py, counting.py)
 never switches on a backbone's name or family.
 """
 
@@ -9,14 +9,17 @@ from __future__ import annotations
 
 from typing import Protocol, runtime_checkable
 
+from accelerate import init_empty_weights
 from torch import nn
 
 from em_backbones.activations import Architecture
+from em_backbones.args import BackboneArgs
+from em_backbones.catalog import get_spec
 
 
 @runtime_checkable
 class BackboneFamily(Protocol):
-    """A backbone module built from `BackboneArgs` (em_backbones/registration.py)."""
+    """A backbone module built from `BackboneArgs` (em_backbones/registry.py)."""
 
     lora_target_names: tuple[str, ...]  # leaf names of the Linear layers LoRA adapts inside quantizable blocks
     out_channels: list[int]  # TerraTorch's backbone contract: widths of the returned feature maps
@@ -60,6 +63,15 @@ class ContractDefaults:
 
     @classmethod
     def published_parameters(cls, name: str) -> int:
-        from em_backbones.counting import backbone_params
+        return parameters_on_meta(cls, name)
 
-        return backbone_params(name)
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def parameters_on_meta(cls: type, name: str, scale: str = "full") -> int:
+    """Parameters of `cls` built at `scale` and its published input size, without allocating a byte
+    (accelerate's `init_empty_weights`, since some constructors call `.item()`, as TerraMind's does)."""
+    with init_empty_weights():
+        return count_parameters(cls(BackboneArgs(name, scale=scale, img_size=get_spec(name).native_img_size)))

@@ -22,7 +22,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from search.processes import session_processes
+from search.execution.processes import session_processes
 
 
 def free_port() -> int:

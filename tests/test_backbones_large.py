@@ -9,9 +9,9 @@ from terratorch.registry import BACKBONE_REGISTRY
 
 import em_backbones.registered  # noqa: F401
 from em_backbones.catalog import get_spec
-from em_backbones.counting import backbone_params, published_params
-from em_backbones.granite import granite_config
-from em_backbones.internvl import internvl_config
+from em_backbones.families.granite import granite_config
+from em_backbones.families.internvl import internvl_config
+from em_backbones.sizing.counting import backbone_params, published_params
 
 LARGE = ["internvl2_4b", "internvl2_26b", "internvl2_40b", "earthmind_v1", "granite_4_tiny"]
 # "as backbone" at full scale: no text embedding, no LM head (measured here, recorded for reviewers).
@@ -117,8 +117,8 @@ def test_earthmind_alignment_loss_enters_the_training_loss_with_its_weight():
 
 
 def test_the_alignment_weight_is_a_backbone_argument_best_yaml_carries():
-    from search.space import parse_space
-    from search.terratorch_config import model_init_args
+    from search.plan.space import parse_space
+    from search.plan.terratorch_config import model_init_args
     from tests.conftest import small_space
 
     space = parse_space(small_space(None, tiers={1: ["earthmind_v1"]}))

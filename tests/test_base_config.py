@@ -1,4 +1,4 @@
-"""Bring your own TerraTorch config (search/base_config.py): the shipped example base configs searched end to end."""
+"""Bring your own TerraTorch config (search/data/base_config.py): the shipped example base configs searched end to end."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import ray
 import yaml
 
 from search.__main__ import main
-from search.run import run_search
+from search.execution.run import run_search
 from tests.conftest import REPO
 
 SEARCHED = ("model.init_args.model_args.backbone", "model.init_args.lr", "data.init_args.batch_size")

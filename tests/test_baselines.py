@@ -10,8 +10,8 @@ import rasterio
 import torch
 from torchmetrics.classification import MulticlassJaccardIndex
 
-from search.baselines import FIXED_VV_THRESHOLD_DB, compute_baselines, confusion, mean_iou
-from search.data import IGNORE_INDEX, PreparedData
+from search.data.tiles import IGNORE_INDEX, PreparedData
+from search.outcome.baselines import FIXED_VV_THRESHOLD_DB, compute_baselines, confusion, mean_iou
 
 
 def torchmetrics_miou(pred: np.ndarray, target: np.ndarray, num_classes: int) -> float:

@@ -7,7 +7,7 @@ import pytest
 
 from em_backbones.catalog import CATALOG
 from search.__main__ import main
-from search.space import load_space
+from search.plan.space import load_space
 
 
 def test_check_prints_shapes_ranges_and_counts(capsys):

@@ -16,8 +16,8 @@ import pytest
 import ray
 import yaml
 
-from search.data import PreparedData
-from search.run import run_search
+from search.data.tiles import PreparedData
+from search.execution.run import run_search
 from tests.conftest import REPO, small_space
 from tests.local_cluster import start_two_node_cluster
 

@@ -98,7 +98,7 @@ def test_kuberay_image_is_built_from_the_same_ray_version():
 
 
 def test_capacity_table_in_clusters_readme_is_what_the_estimator_gives_today():
-    from search.capacity import capacity_rows, capacity_table
+    from benchmarks.capacity import capacity_rows, capacity_table
 
     rows = capacity_rows(80.0, 8, (1, 4))
     assert capacity_table(rows, 80.0, 8) in (CLUSTERS / "README.md").read_text()

@@ -8,15 +8,18 @@ import numpy as np
 import pytest
 import rasterio
 
-from search.data import BadChip, DataError, PreparedData, datamodule_init_args, prepare, split_chips
+from search.data.datamodule import datamodule_init_args
+from search.data.spec import DataSpec
+from search.data.splits import split_chips
+from search.data.tiles import BadChip, DataError, PreparedData, prepare
 from tests.conftest import TEST_CHIP, VAL_CHIP
 
 
-def _prepare(root, out, **kw):
-    args = dict(layout="terramesh", modalities=["S1RTC", "S2L2A"], num_classes=10, tile_size=112,
-                val_chips=[VAL_CHIP], test_chips=[TEST_CHIP], seed=0, warn=lambda line: None)
-    args.update(kw)
-    return prepare(root, out=out, **args)
+def _prepare(root, out, seed=0, warn=lambda line: None, **kw):
+    args = dict(root=str(root), layout="terramesh", modalities=("S1RTC", "S2L2A"), num_classes=10, tile_size=112,
+                val_chips=(VAL_CHIP,), test_chips=(TEST_CHIP,))
+    args.update({k: tuple(v) if isinstance(v, list) else v for k, v in kw.items()})
+    return prepare(DataSpec(**args), out, seed, warn=warn)
 
 
 def test_tiles_are_split_by_chip(real_chips, tmp_path):
@@ -186,7 +189,7 @@ def test_sen1floods11_layout(real_chips, tmp_path):
         label = root / "LabelHand" / f"{chip}_LabelHand.tif"
         shutil.copyfile(real_chips / "LULC" / f"{chip}.tif", label)
         _rewrite(label, water, dtype="int16")
-    prepared = prepare(root, "sen1floods11", ["S1GRD", "S2L1C"], 2, 112, tmp_path / "data", [VAL_CHIP], [], 0)
+    prepared = prepare(DataSpec(str(root), "sen1floods11", ("S1GRD", "S2L1C"), 2, 112, (VAL_CHIP,)), tmp_path / "data", 0)
     assert prepared.modalities == ["S1GRD", "S2L1C"]
     assert sum(len(t) for t in prepared.tiles.values()) == 20 - prepared.unlabelled_tiles
     with rasterio.open(prepared.label_dir / f"{prepared.tiles['val'][0]}.tif") as src:
@@ -195,11 +198,11 @@ def test_sen1floods11_layout(real_chips, tmp_path):
 
 def test_packaged_flood_sample_skips_its_two_unusable_chips(tmp_path):
     """The packaged Sen1Floods11 copy: 12 real chips, Paraguay's S1 all NaN and Ghana_83483 unlabelled."""
-    from search.data import sample_root
+    from search.data.tiles import sample_root
 
     warnings: list[str] = []
-    prepared = prepare(sample_root("sen1floods11"), "sen1floods11", ["S1GRD"], 2, 128, tmp_path / "data", [], [], 0,
-                       warn=warnings.append)
+    prepared = prepare(DataSpec(str(sample_root("sen1floods11")), "sen1floods11", ("S1GRD",), 2, 128),
+                       tmp_path / "data", 0, warn=warnings.append)
     assert sorted((b["chip"], b["reason"]) for b in prepared.bad_chips) == [
         ("Ghana_83483", "no labelled pixel (every label is -1/no data)"),
         ("Paraguay_34417", "every pixel is NaN/no-data")]

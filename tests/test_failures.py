@@ -8,9 +8,9 @@ import pytest
 import ray
 import yaml
 
-from search.run import run_search
-from search.study import load_study
-from search.space import SpaceError, load_space
+from search.execution.run import run_search
+from search.outcome.study import load_study
+from search.plan.space import SpaceError, load_space
 from tests.conftest import small_space
 
 FAULTS = [{"trial": 0, "kind": "raise"}, {"trial": 1, "kind": "nan"}, {"trial": 2, "kind": "oom"}]
@@ -66,12 +66,12 @@ def test_faults_are_off_unless_listed():
 
 
 def test_a_worker_group_that_never_starts_is_its_own_cause():
-    """What Ray Train raises after its bounded start retries (search/trial.py) reads as that cause."""
+    """What Ray Train raises after its bounded start retries (search/execution/trial.py) reads as that cause."""
     from ray.train import ControllerError
     from ray.train.v2._internal.exceptions import WorkerGroupStartupTimeoutError
 
-    from search.faults import CAUSE_WORKERS_NOT_STARTED, cause_of
-    from search.trial import WORKER_START_RETRIES
+    from search.execution.trial import WORKER_START_RETRIES
+    from search.plan.faults import CAUSE_WORKERS_NOT_STARTED, cause_of
 
     error = ControllerError(WorkerGroupStartupTimeoutError(num_workers=1))
     assert cause_of(error) == CAUSE_WORKERS_NOT_STARTED and cause_of(str(error)) == CAUSE_WORKERS_NOT_STARTED

@@ -14,10 +14,10 @@ from terratorch.registry import BACKBONE_REGISTRY
 from transformers import GraniteMoeHybridModel, InternVLModel
 
 import em_backbones.registered  # noqa: F401
-from em_backbones.loading import CheckpointError, ShardLoader, predicted_load_bytes
-from em_backbones.quantization import QUANTIZED_LAYERS, QuantizedExperts
-from em_backbones.techniques import apply_techniques
-from em_backbones.techniques_config import Techniques
+from em_backbones.techniques.apply import apply_techniques
+from em_backbones.techniques.config import Techniques
+from em_backbones.techniques.loading import CheckpointError, ShardLoader, predicted_load_bytes
+from em_backbones.techniques.quantization import QUANTIZED_LAYERS, QuantizedExperts
 
 CASES = [("internvl2_4b", InternVLModel), ("earthmind_v1", InternVLModel), ("granite_4_tiny", GraniteMoeHybridModel)]
 
@@ -110,9 +110,10 @@ def test_a_space_naming_weights_exports_a_best_yaml_that_loads_them_under_terrat
 
     import yaml
 
-    from search.data import prepare
-    from search.export import write_trial_config
-    from search.space import SpaceError, parse_space
+    from search.data.spec import DataSpec
+    from search.data.tiles import prepare
+    from search.outcome.export import write_trial_config
+    from search.plan.space import SpaceError, parse_space
     from tests.conftest import REPO, TEST_CHIP, VAL_CHIP, small_space
 
     torch.manual_seed(0)
@@ -125,8 +126,8 @@ def test_a_space_naming_weights_exports_a_best_yaml_that_loads_them_under_terrat
     with pytest.raises(SpaceError, match=r"field 'weights.em_clay': expected a backbone the space searches"):
         parse_space({**raw, "weights": {"em_clay": str(tmp_path / "hf")}})
     space = parse_space({**raw, "weights": {"internvl2_4b": str(tmp_path / "hf")}})
-    prepared = prepare(real_chips, "terramesh", ["S1RTC", "S2L2A"], 10, 112, tmp_path / "data", [VAL_CHIP],
-                       [TEST_CHIP], 0, warn=lambda line: None)
+    prepared = prepare(DataSpec(str(real_chips), "terramesh", ("S1RTC", "S2L2A"), 10, 112, (VAL_CHIP,), (TEST_CHIP,)),
+                       tmp_path / "data", 0, warn=lambda line: None)
     row = {"backbone": "internvl2_4b", "tier": 1, "quantization_bits": 4, "lora_rank": 8,
            "gradient_checkpointing": False, "learning_rate": 1e-3, "batch_size": 4, "val_miou": 0.1, "peak_gb": 0.01,
            "memory_method": "cpu", "objective": 10.0, "epochs_run": 2}
@@ -148,7 +149,7 @@ def test_experts_at_checkpoint_precision_are_let_go_layer_by_layer(checkpoint, m
     name, _, _, directory = checkpoint
     if name != "granite_4_tiny":
         pytest.skip("only Granite has 3-D expert weights")
-    import em_backbones.registration as registration
+    import em_backbones.registry as registration
 
     loaders = []
 

@@ -8,7 +8,7 @@ import torch
 from terratorch.tasks import SemanticSegmentationTask
 
 import em_backbones.registered  # noqa: F401
-from search.memory_meter import PeakMemoryMeter
+from search.training.memory_meter import PeakMemoryMeter
 
 
 def measure(backbone: str, batch_size: int, checkpointing: bool = False):
@@ -72,7 +72,7 @@ def test_checkpointing_recompute_is_counted():
     Independent check: without checkpointing every block keeps its saved tensors; with it each keeps
     only its input. So the drop in end-of-forward activations, per block, is what one block holds
     beyond its input - which is what rebuilding it in backward adds back (identical blocks)."""
-    from em_backbones.memory import checkpointed_units
+    from em_backbones.sizing.memory import checkpointed_units
 
     plain, _ = measure("em_prithvi", batch_size=2)
     checkpointed, task = measure("em_prithvi", batch_size=2, checkpointing=True)
@@ -86,9 +86,9 @@ def test_checkpointing_recompute_is_counted():
 @pytest.mark.parametrize("backbone, checkpointing", [("em_prithvi", True), ("em_terramind", False)])
 def test_prediction_covers_what_the_trial_measures_decoder_and_head_included(backbone, checkpointing):
     """The trial measures the whole TerraTorch task; the prediction adds decoder, head and loss to the backbone."""
-    from em_backbones.estimate import estimate
-    from em_backbones.head_estimate import decoder_head_memory
-    from em_backbones.techniques_config import Techniques
+    from em_backbones.sizing.estimate import estimate
+    from em_backbones.sizing.head_estimate import decoder_head_memory
+    from em_backbones.techniques.config import Techniques
 
     meter, _ = measure(backbone, batch_size=2, checkpointing=checkpointing)
     head = decoder_head_memory(backbone, "tiny", 64, ("S1RTC", "S2L2A"), "UperNetDecoder", (("decoder_channels", 32),),

@@ -11,12 +11,12 @@ from terratorch.models import EncoderDecoderFactory
 from terratorch.registry import BACKBONE_REGISTRY
 
 import em_backbones.registered  # noqa: F401
-from em_backbones.estimate import estimate, quantized_weight_bytes
-from em_backbones.memory import weight_bytes
-from em_backbones.quantization import QuantizedExperts
-from em_backbones.techniques_config import Techniques
-from search.memory_bench import TECHNIQUES, validation_rows
-from search.probe import probe, real_batch
+from benchmarks.memory import TECHNIQUES, validation_rows
+from benchmarks.probe import probe, real_batch
+from em_backbones.sizing.estimate import estimate, quantized_weight_bytes
+from em_backbones.sizing.memory import weight_bytes
+from em_backbones.techniques.config import Techniques
+from em_backbones.techniques.quantization import QuantizedExperts
 
 
 def build(name: str, **techniques):

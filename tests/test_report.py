@@ -12,14 +12,15 @@ import numpy as np
 import pytest
 import yaml
 
+from benchmarks.asha import epochs_to_target
 from search.__main__ import main
-from search.asha_bench import epochs_to_target
-from search.confirm import CONFIRM_SCHEMA, aggregate, candidates, reference_summary, spread
-from search.export import write_results
-from search.front import pareto_front, pick_on_front
-from search.report import asha_rungs, importances, write_report
-from search.results import SCHEMA, to_table
-from search.space import parse_space
+from search.execution.held_out import candidates
+from search.outcome.export import write_results
+from search.outcome.front import pareto_front, pick_on_front
+from search.outcome.report import asha_rungs, importances, write_report
+from search.outcome.results import CONFIRM_SCHEMA, SCHEMA, to_table
+from search.outcome.statistics import aggregate, reference_summary, spread
+from search.plan.space import parse_space
 from tests.conftest import small_space
 
 
@@ -126,7 +127,7 @@ def run_dir(tmp_path):
     import pyarrow as pa
 
     write_results(pa.Table.from_pylist(confirm_rows(), schema=CONFIRM_SCHEMA), tmp_path / "confirm.parquet")
-    from search.verdict import comparisons
+    from search.outcome.verdict import comparisons
 
     held_out, reference = aggregate(confirm_rows(), ROWS), reference_summary(confirm_rows())
     baselines = [{"name": "majority (train)", "kind": "constant", "val_miou": 0.05, "test_miou": 0.04, "detail": "x"},
@@ -173,7 +174,7 @@ def test_report_of_a_directory_without_a_run_is_a_one_line_error(tmp_path, capsy
 
 
 def test_asha_bench_arms_differ_only_in_scheduler_and_skip_the_held_out_stage():
-    from search.asha_bench import arm_space
+    from benchmarks.asha import arm_space
 
     raw = small_space(None, **{"evaluation.top_k": 3})
     arms = {s: parse_space(arm_space(raw, s)) for s in ("asha", "fifo")}
@@ -188,7 +189,7 @@ def test_asha_bench_arms_differ_only_in_scheduler_and_skip_the_held_out_stage():
 
 
 def test_held_out_lines_print_mean_std_and_iqm_per_candidate():
-    from search.summary import held_out_lines
+    from search.outcome.summary import held_out_lines
 
     entry = {"rank": 1, "backbone": "em_clay", "source_trial_id": "t1", "search_val_miou": 0.07, "completed": 4,
              "runs": 4, "val_miou": {"mean": 0.065, "std": 0.004, "iqm": 0.0645},
@@ -205,7 +206,7 @@ def test_importances_leave_out_infeasible_trials_that_never_trained(tmp_path):
     """Defect: trials recorded infeasible entered fANOVA with their placeholder objective 0."""
     import optuna
 
-    from search.study import journal_storage
+    from search.outcome.study import journal_storage
 
     space = parse_space(small_space(None, **{"techniques.quantization_bits": [4, 16]}))
     study = optuna.create_study(study_name=space.name, storage=journal_storage(tmp_path), direction="maximize")
@@ -228,7 +229,7 @@ def test_importances_leave_out_infeasible_trials_that_never_trained(tmp_path):
 
 
 def test_verdicts_weigh_each_lead_against_the_noise_of_the_two_compared():
-    from search.verdict import comparisons, verdict
+    from search.outcome.verdict import comparisons, verdict
 
     assert verdict(0.05, 0.02) == "ahead beyond noise" and verdict(0.01, 0.02) == "within noise"
     assert verdict(-0.01, 0.02) == "within noise" and verdict(-0.05, 0.02) == "BEHIND beyond noise"

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from search.space import parse_space
-from search.tuner import ResourceError, plan_resources
+from search.execution.tuner import ResourceError, plan_resources
+from search.plan.space import parse_space
 from tests.conftest import small_space
 
 
@@ -46,12 +46,12 @@ def test_fractional_gpus_pack_the_capacity_tables_trials_onto_one_node():
 
 
 def test_trial_processes_that_do_not_train_import_no_model_stack():
-    """Tune pickles search.trial into every trial actor and a DDP trial's Train controller imports it; neither
+    """Tune pickles search.execution.trial into every trial actor and a DDP trial's Train controller imports it; neither
     imports TerraTorch, Lightning or bitsandbytes until something trains there (README: start-up cost)."""
     import subprocess
     import sys
 
-    probe = ("import pickle, sys, search.trial as t; "
+    probe = ("import pickle, sys, search.execution.trial as t; "
              "pickle.loads(pickle.dumps(t.train_worker)); pickle.loads(pickle.dumps(t.run_trial)); "
              "print(sorted(m for m in ('terratorch', 'lightning', 'bitsandbytes', 'peft', 'em_backbones') "
              "if m in sys.modules))")

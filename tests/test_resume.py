@@ -15,9 +15,9 @@ import ray
 import yaml
 
 from search.__main__ import main
-from search.processes import kill_session
-from search.run import run_search
-from search.study import load_study
+from search.execution.processes import kill_session
+from search.execution.run import run_search
+from search.outcome.study import load_study
 from tests.conftest import REPO, small_space
 
 

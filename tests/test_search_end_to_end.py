@@ -17,9 +17,9 @@ import ray
 import yaml
 
 from search.__main__ import main
-from search.results import SCHEMA
-from search.run import run_search
-from search.study import load_study
+from search.execution.run import run_search
+from search.outcome.results import SCHEMA
+from search.outcome.study import load_study
 from tests.conftest import REPO, small_space
 
 
@@ -228,7 +228,7 @@ def test_baselines_and_verdicts_are_in_the_summary_and_the_closing_lines(finishe
 
 
 def finished_run_lines(outcome) -> list[str]:
-    from search.summary import closing_lines
+    from search.outcome.summary import closing_lines
 
     return closing_lines(outcome)
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import optuna
 import pytest
 
-from search.space import DefineByRun, SpaceError, backbone_param, load_space, parse_space
+from search.plan.sampling import DefineByRun, backbone_param
+from search.plan.space import SpaceError, load_space, parse_space
 from tests.conftest import REPO, small_space
 
 
@@ -131,7 +132,7 @@ def test_batch_of_one_is_fine_with_a_decoder_without_batchnorm_pooling(write_spa
 
 def test_technique_schema_comes_from_the_techniques_declaration(write_space):
     """Searched knobs take a list, fixed knobs one value, both checked by Techniques' own rules."""
-    from em_backbones.techniques_config import searched_knobs, technique_knobs
+    from em_backbones.techniques.config import searched_knobs, technique_knobs
 
     space = load_space(write_space(small_space(None, **{"techniques.lora_rank": [0, 8], "techniques.lora_alpha": 4})))
     assert list(space.techniques.choices) == searched_knobs() == ["quantization_bits", "lora_rank",
@@ -147,8 +148,8 @@ def test_planning_side_imports_no_model_stack():
     import subprocess
     import sys
 
-    probe = ("import sys, search.space, search.data, search.results, search.summary, search.baselines, "
-             "search.terratorch_config, search.verdict; "
+    probe = ("import sys, search.plan.space, search.data.tiles, search.outcome.results, search.outcome.summary, search.outcome.baselines, "
+             "search.plan.terratorch_config, search.outcome.verdict; "
              "print(sorted(m for m in ('torch', 'terratorch', 'transformers', 'lightning', 'peft', 'bitsandbytes') "
              "if m in sys.modules))")
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)

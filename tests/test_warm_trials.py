@@ -12,10 +12,11 @@ import pytest
 import ray
 import yaml
 
-from search.confirm import confirm_tuner, confirmation_rows
-from search.data import prepare
-from search.space import parse_space
-from search.trial import TrialResources, TrialSetup
+from search.data.spec import DataSpec
+from search.data.tiles import prepare
+from search.execution.held_out import confirm_tuner, confirmation_rows
+from search.execution.trial import TrialResources, TrialSetup
+from search.plan.space import parse_space
 from tests.conftest import TEST_CHIP, VAL_CHIP, small_space
 
 
@@ -31,8 +32,8 @@ def sequence(real_chips, tmp_path_factory):
     raw = small_space(real_chips, tiers={2: ["em_prithvi"]}, **{
         "training.epochs": 2, "training.batch_size": [2, 8], "evaluation.seeds": 1})
     space = parse_space(raw, "space.yaml")
-    prepared = prepare(real_chips, "terramesh", ["S1RTC", "S2L2A"], 10, 112, tmp / "data", [VAL_CHIP], [TEST_CHIP],
-                       0, warn=lambda line: None)
+    prepared = prepare(DataSpec(str(real_chips), "terramesh", ("S1RTC", "S2L2A"), 10, 112, (VAL_CHIP,), (TEST_CHIP,)),
+                       tmp / "data", 0, warn=lambda line: None)
     setup = TrialSetup(yaml.safe_dump(raw), "space.yaml", None, 0, str(prepared.root), str(tmp),
                        TrialResources(1, 1.0, 0.0))
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)

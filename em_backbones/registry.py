@@ -1,0 +1,67 @@
+"""The project's own backbone registry: name → family class and builder. It never imports what it registers.
+
+Like TerraTorch's `registry/` (whose `BACKBONE_REGISTRY` this project joins in
+em_backbones/registered.py), it maps names to constructors and holds nothing else; the families
+register themselves when `em_backbones.families` imports them. No TerraTorch import here, so the
+Hugging Face families build in a bare PyTorch container (`search calibrate`).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from torch import nn
+
+from em_backbones.args import BackboneArgs, split_arguments
+from em_backbones.contract import missing_from_contract
+from em_backbones.techniques.apply import apply_techniques
+from em_backbones.techniques.config import Techniques
+from em_backbones.techniques.loading import ShardLoader, check_host_memory
+
+BACKBONE_CLASSES: dict[str, type] = {}  # name → the class it is built from (em_backbones/contract.py's contract)
+BUILDERS: dict[str, Callable[..., nn.Module]] = {}  # name → build(**backbone_kwargs), what TerraTorch's factory calls
+
+
+def load_checkpoint(model: nn.Module, techniques: Techniques, ckpt_path: str) -> None:
+    """Fill the meta-built Hugging Face part from a local directory, quantized while loading; refuse first
+    when the node cannot hold what loading needs."""
+    loader = ShardLoader(model, techniques)
+    check_host_memory(loader.predicted_bytes(ckpt_path), ckpt_path)
+    loader.load(ckpt_path)
+
+
+def backbone_class(name: str) -> type:
+    try:
+        return BACKBONE_CLASSES[name]
+    except KeyError:
+        raise KeyError(f"unknown backbone {name!r}; registered: {', '.join(sorted(BACKBONE_CLASSES))}") from None
+
+
+def build_backbone(name: str, **kwargs: Any) -> nn.Module:
+    """A registered backbone from `backbone_*` keywords (prefix stripped), techniques applied."""
+    try:
+        return BUILDERS[name](**kwargs)
+    except KeyError:
+        raise KeyError(f"unknown backbone {name!r}; registered: {', '.join(sorted(BUILDERS))}") from None
+
+
+def register_backbone(name: str, cls: Callable[[BackboneArgs], nn.Module],
+                      local_weights_only: bool = True) -> Callable[..., nn.Module]:
+    """Register `cls` under `name`; `local_weights_only`: pretrained weights must come from ckpt_path."""
+    missing = missing_from_contract(cls)
+    if missing:
+        raise TypeError(f"{cls.__name__} does not meet the backbone contract: lacks {', '.join(missing)}")
+    BACKBONE_CLASSES[name] = cls
+
+    def build(**kwargs: Any) -> nn.Module:
+        args, techniques = split_arguments(name, kwargs)
+        if args.pretrained and not args.ckpt_path and local_weights_only:
+            raise ValueError(f"{name}: pretrained=True needs ckpt_path to local weights (no downloads)")
+        model = cls(args)
+        if args.ckpt_path and getattr(model, "hf_attribute", None):
+            load_checkpoint(model, techniques, args.ckpt_path)
+        return apply_techniques(model, techniques)
+
+    build.__name__ = name
+    BUILDERS[name] = build
+    return build

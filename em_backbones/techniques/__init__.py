@@ -1,0 +1,1 @@
+"""Memory techniques: their settings (config), applying them (apply), bitsandbytes layers, quantize-while-loading."""

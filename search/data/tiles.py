@@ -1,0 +1,296 @@
+"""Sentinel-1 + Sentinel-2 GeoTIFF chips → tiles split by chip → TerraTorch datamodule arguments.
+
+Reading, checking and tiling happen once per run, in the driver, into `<run>/data/`. Training
+then reads the tiles with TerraTorch's own `GenericMultiModalDataModule`, so the exported
+`best.yaml` names a stock TerraTorch datamodule over files on disk. Splits are by chip: every
+tile of a chip lands in the same split, so no chip is seen on both sides.
+
+Bad chips (wrong band count, sizes that disagree, a modality that is all no-data, label values
+out of range, no labelled pixel, smaller than a tile, a modality file missing) are skipped with
+one warning line each and listed in the prepared data, or are fatal with `data.on_bad_chip:
+error`. The run stops only when a split ends up empty. Tiles without a labelled pixel are
+dropped: they add nothing to the loss or the metric.
+
+Validation and test chips, when not named, are chosen by the stratified rule of
+search/data/splits.py.
+
+Layouts read:
+- `terramesh`: one folder per modality (`S1RTC/`, `S2L2A/` or `S2L1C/`) and `LULC/` labels, the
+  same file name in each (TerraMesh, as in TerraMind's examples).
+- `sen1floods11`: `<id>_S1Hand.tif`, `<id>_S2Hand.tif`, `<id>_LabelHand.tif` anywhere under the
+  root (label -1 = no data, ignored).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import rasterio
+from rasterio.windows import Window
+
+from em_backbones.bands import bands_of
+from search.data.spec import LAYOUTS, DataError, DataSpec
+from search.data.splits import split_chips
+
+SAMPLE_ROOT = Path(__file__).parents[1] / "sample_data"  # one packaged sample of real chips per layout
+SAMPLE_DATA = SAMPLE_ROOT / "terramesh"
+IGNORE_INDEX = -1
+LABEL_FOLDER = "label"
+SPLITS = ("train", "val", "test")
+
+
+def sample_root(layout: str) -> Path:
+    """The packaged real chips of a layout (`data.root: null`): TerraMesh land cover or Sen1Floods11 water."""
+    return SAMPLE_ROOT / layout
+
+
+class BadChip(DataError):
+    """One chip that cannot be used; skipped (with a warning) unless `data.on_bad_chip: error`."""
+
+    def __init__(self, chip_id: str, path: Path | str, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.chip_id, self.path, self.reason = chip_id, str(path), reason
+
+
+@dataclass
+class Chip:
+    chip_id: str
+    images: dict[str, Path]
+    label: Path
+    missing: str | None = None  # a modality file this chip lacks
+
+
+@dataclass
+class PreparedData:
+    """Tiles on disk, split files and normalisation statistics; everything a datamodule needs."""
+
+    root: Path
+    modalities: list[str]
+    num_classes: int
+    splits: dict[str, list[str]]  # split → chip ids
+    tiles: dict[str, list[str]] = field(default_factory=dict)  # split → tile ids
+    means: dict[str, list[float]] = field(default_factory=dict)
+    stds: dict[str, list[float]] = field(default_factory=dict)
+    bad_chips: list[dict[str, str]] = field(default_factory=list)  # chip, file, reason
+    class_pixels: dict[str, list[int]] = field(default_factory=dict)  # split → labelled pixels per class
+    unlabelled_tiles: int = 0  # dropped: no labelled pixel
+    tile_size: int | None = None  # set when the tiles come from a base config's datamodule
+    base: dict | None = None  # the user's TerraTorch config the trials start from (search/data/base_config.py)
+    base_dir: str | None = None  # the directory its relative data paths are relative to (where the run started)
+
+    def split_file(self, split: str) -> Path:
+        return self.root / "splits" / f"{split}.txt"
+
+    def modality_dir(self, modality: str) -> Path:
+        return self.root / "tiles" / modality
+
+    @property
+    def label_dir(self) -> Path:
+        return self.root / "tiles" / LABEL_FOLDER
+
+    def save(self) -> None:
+        (self.root / "prepared.json").write_text(json.dumps({
+            "modalities": self.modalities, "num_classes": self.num_classes, "splits": self.splits,
+            "tiles": self.tiles, "means": self.means, "stds": self.stds, "bad_chips": self.bad_chips,
+            "class_pixels": self.class_pixels, "unlabelled_tiles": self.unlabelled_tiles,
+            "tile_size": self.tile_size, "base": self.base, "base_dir": self.base_dir,
+        }, indent=1))
+
+    @classmethod
+    def load(cls, root: Path) -> "PreparedData":
+        meta = json.loads((root / "prepared.json").read_text())
+        return cls(root=root, **meta)
+
+
+def find_chips(root: Path, layout: str, modalities: list[str]) -> list[Chip]:
+    """Every labelled chip, sorted by id; one whose modality file is missing is marked, not dropped."""
+    if not root.is_dir():
+        raise DataError(f"data.root: {root} is not a directory")
+    if layout == "terramesh":
+        label_dir = root / LAYOUTS["terramesh"]["label"]
+        for folder in [*(root / m for m in modalities), label_dir]:
+            if not folder.is_dir():
+                raise DataError(f"data.root: {root} lacks the folder {folder.name}/ the terramesh layout needs")
+        chips = []
+        for label in sorted(label_dir.glob("*.tif")):
+            images = {m: root / m / label.name for m in modalities}
+            missing = next((str(p) for p in images.values() if not p.exists()), None)
+            chips.append(Chip(label.stem, images, label, missing))
+    elif layout == "sen1floods11":
+        suffixes = LAYOUTS["sen1floods11"]["suffixes"]
+        files = {p.name: p for p in root.rglob("*.tif")}
+        chips = []
+        for name in sorted(n for n in files if n.endswith(suffixes["label"])):
+            chip_id = name[: -len(suffixes["label"])]
+            images = {m: files.get(f"{chip_id}{suffixes[m]}", root / f"{chip_id}{suffixes[m]}") for m in modalities}
+            missing = next((str(p) for p in images.values() if not p.exists()), None)
+            chips.append(Chip(chip_id, images, files[name], missing))
+    else:
+        raise DataError(f"data.layout: expected one of {sorted(LAYOUTS)}, got {layout!r}")
+    if not chips:
+        raise DataError(f"data.root: no labelled chips found under {root} for layout {layout!r}")
+    return chips
+
+
+def read_chip(chip: Chip, num_classes: int, tile_size: int) -> tuple[dict[str, np.ndarray], np.ndarray, object, object]:
+    """Read and check one chip; raise BadChip naming the file and the reason."""
+    if chip.missing:
+        raise BadChip(chip.chip_id, chip.missing, "missing; the chip has a label but not this modality")
+    images = {}
+    for modality, path in chip.images.items():
+        with rasterio.open(path) as src:
+            data = src.read().astype(np.float32)
+            transform, crs, nodata = src.transform, src.crs, src.nodata
+        expected = len(bands_of(modality))
+        if data.shape[0] != expected:
+            raise BadChip(chip.chip_id, path, f"{modality} needs {expected} bands, found {data.shape[0]}")
+        if nodata is not None and not np.isnan(nodata):
+            data[data == nodata] = np.nan
+        if np.isnan(data).all():
+            raise BadChip(chip.chip_id, path, "every pixel is NaN/no-data")
+        images[modality] = data
+    with rasterio.open(chip.label) as src:
+        label = src.read(1).astype(np.int16)
+    label[label < 0] = IGNORE_INDEX
+    for modality, array in images.items():
+        if array.shape[1:] != label.shape:
+            raise BadChip(chip.chip_id, chip.label, f"label is {label.shape[0]}x{label.shape[1]} but {modality} is "
+                          f"{array.shape[1]}x{array.shape[2]}; expected the same size")
+    if label.max() >= num_classes:
+        raise BadChip(chip.chip_id, chip.label, f"label value {int(label.max())} >= data.num_classes={num_classes}")
+    if not (label != IGNORE_INDEX).any():
+        raise BadChip(chip.chip_id, chip.label, "no labelled pixel (every label is -1/no data)")
+    if min(label.shape) < tile_size:
+        raise BadChip(chip.chip_id, chip.label, f"chip is {label.shape[0]}x{label.shape[1]}, smaller than "
+                      f"data.tile_size={tile_size}")
+    return images, label, transform, crs
+
+
+def class_histogram(label: np.ndarray, num_classes: int) -> np.ndarray:
+    return np.bincount(label[label != IGNORE_INDEX].ravel(), minlength=num_classes)[:num_classes]
+
+
+def tile_windows(height: int, width: int, tile: int) -> list[tuple[int, int]]:
+    """Top-left corners of non-overlapping tiles; a chip smaller than a tile is a bad chip."""
+    return [(r, c) for r in range(0, height - tile + 1, tile) for c in range(0, width - tile + 1, tile)]
+
+
+def write_tile(path: Path, array: np.ndarray, transform, crs, window: Window, dtype: str) -> None:
+    profile = {
+        "driver": "GTiff", "height": window.height, "width": window.width, "count": array.shape[0],
+        "dtype": dtype, "crs": crs, "transform": rasterio.windows.transform(window, transform),
+    }
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(array.astype(dtype))
+
+
+@dataclass
+class TiledChip:
+    """What tiling one chip left on disk: its tile ids, labelled pixels per class, per-band sums."""
+
+    chip_id: str
+    tiles: list[str]
+    class_pixels: np.ndarray
+    band_sums: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]  # modality → (sum, sum of squares, count)
+    unlabelled_tiles: int
+
+
+def tile_chip(chip: Chip, num_classes: int, tile_size: int, tiles_root: Path) -> TiledChip:
+    """Check one chip, write its labelled tiles (every modality and the label), and summarise them."""
+    images, label, transform, crs = read_chip(chip, num_classes, tile_size)
+    done = TiledChip(chip.chip_id, [], np.zeros(num_classes, dtype=np.int64),
+                     {m: (np.zeros(a.shape[0]), np.zeros(a.shape[0]), np.zeros(a.shape[0])) for m, a in images.items()},
+                     0)
+    for row, col in tile_windows(*label.shape, tile_size):
+        tile_label = label[None, row:row + tile_size, col:col + tile_size]
+        if not (tile_label != IGNORE_INDEX).any():
+            done.unlabelled_tiles += 1
+            continue
+        window = Window(col, row, tile_size, tile_size)
+        tile_id = f"{chip.chip_id}__r{row}_c{col}"
+        for modality, array in images.items():
+            piece = array[:, row:row + tile_size, col:col + tile_size]
+            write_tile(tiles_root / modality / f"{tile_id}.tif", piece, transform, crs, window, "float32")
+            valid = ~np.isnan(piece)
+            values = np.where(valid, piece, 0).astype(np.float64)
+            for total, part in zip(done.band_sums[modality], (values.sum(axis=(1, 2)), (values**2).sum(axis=(1, 2)),
+                                                               valid.sum(axis=(1, 2)))):
+                total += part
+        write_tile(tiles_root / LABEL_FOLDER / f"{tile_id}.tif", tile_label, transform, crs, window, "int16")
+        done.tiles.append(tile_id)
+        done.class_pixels += class_histogram(tile_label, num_classes)
+    return done
+
+
+def tile_usable_chips(chips: list[Chip], num_classes: int, tile_size: int, tiles_root: Path, on_bad_chip: str,
+                      warn: Callable[[str], None]) -> tuple[dict[str, TiledChip], list[dict[str, str]]]:
+    """Tile every chip that passes its checks; the bad ones are listed (or the first raised)."""
+    tiled, bad = {}, []
+    for chip in chips:
+        try:
+            done = tile_chip(chip, num_classes, tile_size, tiles_root)
+        except BadChip as err:
+            if on_bad_chip == "error":
+                raise
+            bad.append({"chip": err.chip_id, "file": err.path, "reason": err.reason})
+            warn(f"warning: skipping chip {err.chip_id}: {err.path}: {err.reason}")
+            continue
+        tiled[chip.chip_id] = done
+    return tiled, bad
+
+
+def band_statistics(train: list[TiledChip], modalities: list[str]) -> tuple[dict, dict]:
+    """Per-band mean and standard deviation over the valid pixels of the training tiles only."""
+    means, stds = {}, {}
+    for modality in modalities:
+        total, squares, count = (sum(chip.band_sums[modality][i] for chip in train) for i in range(3))
+        mean = total / np.maximum(count, 1)
+        var = squares / np.maximum(count, 1) - mean**2
+        means[modality] = [round(float(v), 4) for v in mean]
+        stds[modality] = [round(float(v), 4) for v in np.sqrt(np.maximum(var, 1e-12))]
+    return means, stds
+
+
+def prepare(spec: DataSpec, out: Path, seed: int, warn: Callable[[str], None] = print) -> PreparedData:
+    """Check and tile every chip once (skipping bad ones), split by chip, compute training statistics.
+    `spec.root` None: the layout's packaged sample."""
+    root = Path(spec.root).expanduser() if spec.root else sample_root(spec.layout)
+    modalities, num_classes, tile_size = list(spec.modalities), spec.num_classes, spec.tile_size
+    val_chips, test_chips = list(spec.val_chips), list(spec.test_chips)
+    chips = find_chips(root, spec.layout, modalities)
+    prepared = PreparedData(root=out, modalities=list(modalities), num_classes=num_classes, splits={})
+    for folder in [*(prepared.modality_dir(m) for m in modalities), prepared.label_dir, out / "splits"]:
+        folder.mkdir(parents=True, exist_ok=True)
+    tiled, prepared.bad_chips = tile_usable_chips(chips, num_classes, tile_size, out / "tiles", spec.on_bad_chip,
+                                                     warn)
+    skipped = {b["chip"]: b["reason"] for b in prepared.bad_chips}
+    for chip_id in [*val_chips, *test_chips]:
+        if chip_id in skipped:
+            raise DataError(f"data.val_chips/test_chips: chip {chip_id!r} is unusable ({skipped[chip_id]})")
+    if not tiled:
+        raise DataError(f"data.root: none of the {len(chips)} chips under {root} is usable (all skipped as bad)")
+    prepared.splits = split_chips({c: t.class_pixels for c, t in tiled.items()}, val_chips, test_chips, seed,
+                                  spec.val_fraction, spec.test_fraction)
+    for split, chip_ids in prepared.splits.items():
+        prepared.tiles[split] = [tile for c in chip_ids for tile in tiled[c].tiles]
+        prepared.class_pixels[split] = [int(v) for v in sum((tiled[c].class_pixels for c in chip_ids),
+                                                            np.zeros(num_classes, dtype=np.int64))]
+        prepared.split_file(split).write_text("".join(f"{t}\n" for t in prepared.tiles[split]))
+    prepared.unlabelled_tiles = sum(t.unlabelled_tiles for t in tiled.values())
+    prepared.means, prepared.stds = band_statistics([tiled[c] for c in prepared.splits["train"]], list(modalities))
+    prepared.save()
+    return prepared
+
+
+def check_batches(prepared: PreparedData, batch_sizes: tuple[int, ...], workers: int) -> None:
+    """Every batch size must fill at least one training batch per worker (the loader drops the last, partial one)."""
+    per_worker = math.ceil(len(prepared.tiles["train"]) / workers)
+    too_big = [b for b in batch_sizes if b > per_worker]
+    if too_big:
+        raise DataError(f"training.batch_size: {too_big[0]} is more than the {per_worker} training tiles each of "
+                        f"{workers} worker(s) gets; use smaller batches, a smaller data.tile_size or more chips")

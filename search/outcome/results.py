@@ -1,0 +1,222 @@
+"""Ray Tune's ResultGrid → one row per trial (results.parquet), ranking, and the printed trial table.
+
+Light on purpose (no torch): the driver and `search report` use it."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any, Callable
+
+import pyarrow as pa
+
+from em_backbones.techniques.config import searched_knobs, technique_knobs
+from search.plan.faults import CAUSE_INFEASIBLE, cause_of
+from search.plan.sampling import SEARCHED_PARAMS
+
+STATUS_COMPLETED = "completed"
+STATUS_STOPPED = "stopped_early"
+STATUS_FAILED = "failed"
+STATUS_INFEASIBLE = "infeasible"  # predicted over the memory budget: never trained
+
+def _float(value: Any) -> float | None:
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return None
+    return value if math.isfinite(value) else None
+
+
+def _same(value: Any) -> Any:
+    return value
+
+
+def _strings(value: Any) -> list[str]:
+    return [str(v) for v in value or []]
+
+
+def _floats(value: Any) -> list[float]:
+    return [float(v) for v in value or []]
+
+
+@dataclass(frozen=True)
+class Column:
+    """One results column: its Arrow type and, for columns copied from a trial's last report, the metric
+    it is read from and how (`metric` None: derived in `trial_rows` from the trial as a whole)."""
+
+    name: str
+    type: pa.DataType
+    metric: str | None = None
+    read: Callable[[Any], Any] = _float
+
+
+def _reported(name: str, type_: pa.DataType = pa.float64(), metric: str | None = None,
+              read: Callable[[Any], Any] = _float) -> Column:
+    return Column(name, type_, metric or name, read)
+
+
+# Every column of results.parquet (and of confirm.parquet after its own three), in order: the one statement
+# of what a trial row holds.
+COLUMNS: tuple[Column, ...] = (
+    Column("trial_id", pa.string()),
+    Column("status", pa.string()),
+    Column("error", pa.string()),
+    Column("cause", pa.string()),
+    Column("trial_number", pa.int64()),
+    Column("tier", pa.int64()),
+    Column("backbone", pa.string()),
+    Column("scale", pa.string()),
+    *(Column(name, getattr(pa, technique_knobs()[name].column)()) for name in searched_knobs()),
+    Column("learning_rate", pa.float64()),
+    Column("batch_size", pa.int64()),
+    Column("epochs_run", pa.int64()),
+    _reported("val_miou"),
+    _reported("peak_gb"),
+    Column("predicted_gb", pa.float64()),
+    _reported("memory_method", pa.string(), read=_same),
+    _reported("objective"),
+    _reported("param_gb"),
+    _reported("grad_gb"),
+    _reported("optimizer_gb"),
+    _reported("activation_gb"),
+    _reported("wall_seconds", metric="time_total_s"),
+    Column("started_at", pa.timestamp("ms", tz="UTC")),
+    Column("finished_at", pa.timestamp("ms", tz="UTC")),
+    _reported("train_seconds"),
+    _reported("node_ip", pa.string(), metric="worker_node_ip", read=_same),
+    _reported("workers", pa.int64(), metric="world_size", read=_same),
+    _reported("worker_node_ids", pa.list_(pa.string()), read=_strings),
+    _reported("worker_peak_gb", pa.list_(pa.float64()), read=_floats),
+    _reported("train_batches", pa.int64(), read=_same),
+    _reported("train_loss"),
+    Column("val_miou_per_epoch", pa.list_(pa.float64())),
+    _reported("seed", pa.int64(), read=_same),
+    _reported("test_miou"),
+    # the process that trained it, and how many trials it had trained before (0: fresh)
+    _reported("pid", pa.int64(), read=_same),
+    _reported("trials_before_in_process", pa.int64(), read=_same),
+    _reported("import_seconds"),  # importing the model stack (0 in a warm process)
+    _reported("setup_seconds"),  # config, datamodule, model and Trainer built
+    _reported("fit_setup_seconds"),  # then Lightning's set-up inside fit, until the first batch
+    _reported("rss_mb_at_start"),
+)
+SCHEMA = pa.schema([(c.name, c.type) for c in COLUMNS])
+# confirm.parquet: which retrained configuration a row is, then a trial row.
+CONFIRM_SCHEMA = pa.schema([("rank", pa.int64()), ("role", pa.string()), ("source_trial_id", pa.string()), *SCHEMA])
+NOT_EPOCH_REPORTS = ("fault", "infeasible", "test_miou")  # reports a trial makes besides its epochs
+
+
+def _utc(seconds: float | None) -> datetime | None:
+    return None if seconds is None else datetime.fromtimestamp(round(seconds), tz=timezone.utc)
+
+
+def _span(metrics: dict[str, Any]) -> tuple[datetime | None, datetime | None]:
+    """When the trial started and made its last report, from Tune's own `timestamp` and `time_total_s`."""
+    finished, total = _float(metrics.get("timestamp")), _float(metrics.get("time_total_s"))
+    started = finished - total if finished is not None and total is not None else None
+    return _utc(started), _utc(finished)
+
+
+def epoch_curve(history) -> list[float]:
+    """Validation mIoU of each epoch a trial reported (its fault, infeasible or test reports left out)."""
+    if history is None or "val_miou" not in history:
+        return []
+    for column in NOT_EPOCH_REPORTS:
+        if column in history:
+            history = history[history[column].isna()]
+    return [float(v) for v in history["val_miou"]]
+
+
+def trial_rows(result_grid, max_epochs: int, scale: str, budget_gb: float | None = None,
+               params_key: str | None = None, carry: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+    """One dict per trial with SCHEMA's columns (plus `carry`); status tells completed / stopped / failed.
+
+    `params_key`: where the trial's parameters sit in its config when they are not the config itself.
+    """
+    rows = []
+    for result in result_grid:
+        metrics = result.metrics or {}
+        config = (result.config or {}).get(params_key, {}) if params_key else (result.config or {})
+        curve = epoch_curve(result.metrics_dataframe)
+        epochs_run = len(curve)
+        fault, cause = metrics.get("fault"), None
+        if fault:  # ASHA may stop the trial on its fault report before its error lands
+            status, error, cause = STATUS_FAILED, metrics.get("fault_error"), fault
+        elif result.error is not None:
+            status, error = STATUS_FAILED, f"{type(result.error).__name__}: {str(result.error).strip().splitlines()[-1]}"
+            cause = cause_of(str(result.error))
+        elif metrics.get("infeasible"):
+            status, cause = STATUS_INFEASIBLE, CAUSE_INFEASIBLE
+            error = f"predicted {config.get('predicted_gb', float('nan')):.4g} GB > memory_budget_gb {budget_gb:g}"
+        elif epochs_run < max_epochs:
+            status, error = STATUS_STOPPED, None
+        else:
+            status, error = STATUS_COMPLETED, None
+        trial_id = metrics.get("trial_id") or result.path.rstrip("/").split("/")[-1]
+        row = {name: config.get(name) for name in (*SEARCHED_PARAMS, *carry)}
+        row.update({c.name: c.read(metrics.get(c.metric)) for c in COLUMNS if c.metric is not None})
+        row.update({
+            "trial_id": str(trial_id),
+            "status": status,
+            "error": error,
+            "cause": cause,
+            "trial_number": config.get("trial_number"),
+            "scale": scale,
+            "epochs_run": epochs_run,
+            "predicted_gb": _float(config.get("predicted_gb", metrics.get("predicted_gb"))),
+            "val_miou_per_epoch": curve,
+        })
+        row["started_at"], row["finished_at"] = _span(metrics)
+        rows.append(row)
+    return sorted(rows, key=lambda r: r["trial_id"])
+
+
+def to_table(rows: list[dict[str, Any]]) -> pa.Table:
+    return pa.Table.from_pylist(rows, schema=SCHEMA)
+
+
+def scored(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Trials that trained and were scored (completed or stopped early by ASHA)."""
+    return [r for r in rows if r["objective"] is not None and r["val_miou"] is not None
+            and r["status"] not in (STATUS_FAILED, STATUS_INFEASIBLE)]
+
+
+def ranked(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Scored trials, best accuracy per GB first."""
+    return sorted(scored(rows), key=lambda r: -r["objective"])
+
+
+def best_row(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+    return next(iter(ranked(rows)), None)
+
+
+def slot_utilisation(rows: list[dict[str, Any]], slots: int, search_wall_seconds: float) -> float:
+    """Share of the trial slots' wall time (slots x search wall time) spent inside training."""
+    busy = sum(r["train_seconds"] or 0.0 for r in rows)
+    return busy / (slots * search_wall_seconds) if search_wall_seconds > 0 else 0.0
+
+
+def summary_table(rows: list[dict[str, Any]], top: int = 10) -> str:
+    """The printed trial table, best first; one column per searched technique knob."""
+    knobs = [(name, spec.short or name, max(len(spec.short or name), 4)) for name, spec in technique_knobs().items()
+             if spec.searched]
+
+    def fmt(value: Any, spec: str) -> str:
+        if isinstance(value, bool):
+            value = "yes" if value else "no"
+        return format(value, spec) if value is not None else format("-", spec.rstrip(".0123456789ef") or ">1")
+
+    header = (f"{'trial':<14} {'backbone':<13} {'status':<13} {'ep':>2} "
+              + "".join(f"{short:>{width}} " for _, short, width in knobs)
+              + f"{'lr':>8} {'bs':>3} {'val mIoU':>9} {'peak GB':>8} {'pred GB':>8} {'mIoU/GB':>9}")
+    lines = [header, "-" * len(header)]
+    for r in sorted(rows, key=lambda r: (r["objective"] is None, -(r["objective"] or 0.0)))[:top]:
+        lines.append(
+            f"{r['trial_id'][-14:]:<14} {str(r['backbone']):<13} {r['status']:<13} {r['epochs_run']:>2} "
+            + "".join(f"{fmt(r[name], f'>{width}')} " for name, _, width in knobs)
+            + f"{fmt(r['learning_rate'], '>8.1e')} {fmt(r['batch_size'], '>3')} {fmt(r['val_miou'], '>9.4f')} "
+            f"{fmt(r['peak_gb'], '>8.4f')} {fmt(r['predicted_gb'], '>8.4f')} {fmt(r['objective'], '>9.3f')}")
+        if r["error"]:
+            lines.append(f"{'':<14} error: {r['error'][:100]}")
+    return "\n".join(lines)

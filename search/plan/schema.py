@@ -1,0 +1,97 @@
+"""The search space as typed values (`Space` and its sections), nested like the space file.
+
+Plain dataclasses with documented defaults, like a transformers configuration: the parser
+(search/plan/space.py) builds them, every other module reads them. The `techniques:` section is
+derived from `Techniques` (em_backbones/techniques/config.py): a searched knob is a tuple of
+choices, a fixed one a value. Imports no torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from em_backbones.techniques.config import Techniques, knob_default, searched_knobs, technique_knobs
+from search.data.spec import DataSpec
+from search.plan.faults import Fault
+
+OBJECTIVES = ("accuracy_per_gb", "pareto")
+SCHEDULERS = ("asha", "fifo")
+
+
+@dataclass(frozen=True)
+class ResourceSpec:
+    workers_per_trial: int = 1
+    cpus_per_worker: float = 1.0
+    gpus_per_worker: float | None = None  # None: 1 if the cluster has GPUs, else 0
+    max_concurrent_trials: int | None = None  # None: as many as the cluster's resources hold
+    memory_budget_gb: float | None = None  # per worker; configurations predicted over it never train
+    max_failures: int = 2  # restarts of a trial after its worker or node dies
+
+
+@dataclass(frozen=True)
+class EvaluationSpec:
+    """After the search: retrain the top-k configurations (and the reference CNN) over seeds, score on test."""
+
+    top_k: int = 3  # 0 = off
+    seeds: int = 3
+    reference_cnn: bool = True  # train the tier-0 U-Net beside them, same budget and seeds
+
+
+@dataclass(frozen=True)
+class TrainingSpec:
+    learning_rate: tuple[float, float] = (1e-4, 3e-3)  # sampled log-uniformly
+    batch_size: tuple[int, ...] = (4,)
+    epochs: int = 4
+    grace_period: int = 1
+    reduction_factor: int = 2
+    num_samples: int = 8
+    seed: int = 0
+    precision: str = "32-true"
+    scheduler: str = "asha"  # or "fifo": every trial runs all its epochs
+
+
+@dataclass(frozen=True)
+class DecoderSpec:
+    name: str = "UperNetDecoder"
+    channels: int = 64
+
+
+@dataclass(frozen=True)
+class TechniqueSpace:
+    """Searched knobs as tuples of choices, fixed knobs as values (both keyed by Techniques' field names)."""
+
+    choices: dict[str, tuple] = field(default_factory=lambda: {k: (knob_default(k),) for k in searched_knobs()})
+    fixed: dict[str, Any] = field(default_factory=lambda: {k: knob_default(k) for k in technique_knobs()
+                                                           if k not in searched_knobs()})
+
+    def of(self, params: dict[str, Any]) -> Techniques:
+        """The techniques of one sampled configuration: its searched values and the run's fixed ones."""
+        return Techniques(**self.fixed, **{name: params[name] for name in self.choices})
+
+
+@dataclass(frozen=True)
+class Space:
+    name: str
+    scale: str
+    tiers: dict[int, tuple[str, ...]]
+    techniques: TechniqueSpace = field(default_factory=TechniqueSpace)
+    training: TrainingSpec = field(default_factory=TrainingSpec)
+    decoder: DecoderSpec = field(default_factory=DecoderSpec)
+    objective: str = "accuracy_per_gb"  # or "pareto": maximise val mIoU and minimise peak GB together
+    evaluation: EvaluationSpec = field(default_factory=EvaluationSpec)
+    data: DataSpec = field(default_factory=DataSpec)
+    resources: ResourceSpec = field(default_factory=ResourceSpec)
+    faults: tuple[Fault, ...] = ()  # testing aid (search/plan/faults.py); empty = off
+    weights: dict[str, str] = field(default_factory=dict)  # backbone → local weights; the others: random init
+    base: str | None = None  # a `terratorch fit` config to search around (search/data/base_config.py); None: `data`
+    source: str = ""
+
+    def fault_for(self, trial_number: int | None) -> Fault | None:
+        return next((f for f in self.faults if f.trial == trial_number), None)
+
+    @property
+    def backbones(self) -> list[str]:
+        return [name for names in self.tiers.values() for name in names]
+
+
