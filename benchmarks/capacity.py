@@ -2,7 +2,7 @@
 
 Figures come from the analytic estimator of em_backbones.sizing.estimate (full scale, the published input
 size, bf16 weights and activations, AdamW), the same numbers that prune infeasible trials, plus each
-trial's own CUDA context (measured: em_backbones.sizing.estimate.CUDA_CONTEXT_BYTES). Memory is the only
+trial's own CUDA context (measured: em_backbones.sizing.device.CUDA_CONTEXT_BYTES). Memory is the only
 limit counted: trials that share a GPU also share its compute.
 """
 

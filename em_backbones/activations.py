@@ -31,6 +31,7 @@ class Layer:
     # fp32 and keeps its upcast input; Mamba-2's reference scan runs in fp32. Read off bf16 traces.
     upcast: float = 0.0
     padded_upcast: float = 0.0
+    indices: float = 0.0  # int64 elements per token whatever the precision (max-pool indices)
 
     def elements(self, batch: int, linear: bool, norm: bool) -> float:
         per_token = self.always + (self.linear if linear else 0.0) + (self.norm if norm else 0.0)
@@ -39,7 +40,8 @@ class Layer:
     def saved_bytes(self, batch: int, linear: bool, norm: bool, act_bytes: int) -> float:
         """One layer's saved tensors: its elements at the training precision, fp32 upcasts at 16 bits."""
         upcast = batch * (self.tokens * self.upcast + self.padded_tokens * self.padded_upcast) if act_bytes < 4 else 0.0
-        return self.elements(batch, linear, norm) * act_bytes + upcast * (4 - act_bytes) + self.constant_bytes
+        return (self.elements(batch, linear, norm) * act_bytes + upcast * (4 - act_bytes) + self.constant_bytes
+                + batch * self.tokens * self.indices * 8)
 
 
 @dataclass
@@ -51,6 +53,17 @@ class Architecture:
     outside_always: float = 0.0  # kept whatever trains: adapter/stem inputs of new modules, norm inputs
     outside_trained: float = 0.0  # kept only while pretrained stems/projectors/norms train (not under LoRA)
     constant: float = 0.0  # independent of batch (Clay's wavelength weight generator)
+
+
+def unet_stage(pixels: int, width: int, below: int, encoder: bool, decoder: bool, first_input: int = 0) -> Layer:
+    """One resolution of TerraTorch's UNet (mmseg's: ConvModule = conv, BatchNorm, ReLU; max-pool down,
+    transposed-conv up, skip concatenation), per pixel at this resolution, `width` channels here and
+    `below` at the finer resolution above it (0 at the finest). Read off a `saved_tensors_hooks` trace:
+    each ConvModule keeps its BatchNorm's input and its ReLU's output (2 x width; the conv's input is the
+    previous ReLU's output, already kept); the encoder's max-pool output (below) and its int64 indices;
+    the decoder's up-convolution (2 x width), the concatenated skip (2 x width) and two ConvModules."""
+    always = first_input + (4 * width if encoder else 0) + (below if encoder else 0) + (8 * width if decoder else 0)
+    return Layer(1, pixels, width, always=always, indices=below if encoder else 0)
 
 
 # --- activations per block kind (elements per token; h width, f MLP width) -------------------------

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 SCALES = ("tiny", "full")
-SEARCHED_TIERS = (1, 2, 3)  # tier 0 is the reference CNN, trained beside the search, never searched
+SEARCHED_TIERS = (0, 1, 2, 3)  # tier 0: the reference CNN, searched on equal footing where a space names it
 
 
 @dataclass(frozen=True)
@@ -31,7 +31,6 @@ class BackboneSpec:
     native_img_size: int = 224  # the published input size, the default when none is given
     required_sensors: tuple[str, ...] = ()  # modality prefixes the backbone cannot work without ("S1", "S2")
     decoder: str | None = None  # a decoder the backbone needs whatever the space names (the U-Net has its own)
-    estimated: bool = True  # em_backbones/sizing/estimate.py models its memory
     extra_args: dict[str, Any] = field(default_factory=dict)  # family-specific backbone_* arguments and defaults
 
 
@@ -121,7 +120,6 @@ CATALOG: dict[str, BackboneSpec] = {
             scales={"tiny": {"width": 8, "stages": 4}, "full": {"width": 64, "stages": 4}},
             patch_size=8,
             decoder="IdentityDecoder",
-            estimated=False,
         ),
         internvl("internvl2_4b", 1, "qwen2", QWEN25_3B, published=3.71e9, tiny_layers=(2, 2),
                  description="InternVL2.5-4B: InternViT-300M + pixel shuffle + MLP projector + Qwen2.5-3B"),

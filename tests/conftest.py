@@ -32,7 +32,7 @@ def small_space(data_root: Path | None, **overrides) -> dict:
         "training": {"learning_rate": {"low": 3e-4, "high": 3e-3}, "batch_size": [4], "epochs": 2,
                      "grace_period": 1, "reduction_factor": 2, "num_samples": 4, "seed": 0},
         "decoder": {"name": "UperNetDecoder", "channels": 32},
-        "evaluation": {"top_k": 0},  # the held-out stage costs trials; the tests that check it turn it on
+        "evaluation": {"folds": 0},  # the held-out stage costs trials; the tests that check it turn it on
         "data": {"root": str(data_root) if data_root else None, "layout": "terramesh",
                  "modalities": ["S1RTC", "S2L2A"], "num_classes": 10, "tile_size": 112,
                  "val_chips": [VAL_CHIP], "test_chips": [TEST_CHIP]},

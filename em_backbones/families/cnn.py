@@ -12,7 +12,7 @@ import torch
 from terratorch.registry import TERRATORCH_BACKBONE_REGISTRY
 from torch import nn
 
-from em_backbones.activations import Architecture
+from em_backbones.activations import Architecture, unet_stage
 from em_backbones.args import BackboneArgs
 from em_backbones.bands import stacked_band_names
 from em_backbones.catalog import get_spec
@@ -27,6 +27,7 @@ class UNetS1S2(ContractDefaults, nn.Module):
     def __init__(self, args: BackboneArgs) -> None:
         super().__init__()
         hp = get_spec(args.name).scales[args.scale]
+        self.name, self.scale = args.name, args.scale
         self.modalities = list(args.modalities)
         self.unet = TERRATORCH_BACKBONE_REGISTRY.build(
             "UNet", in_channels=len(stacked_band_names(self.modalities)), out_channels=hp["width"],
@@ -48,7 +49,14 @@ class UNetS1S2(ContractDefaults, nn.Module):
         return []
 
     def memory_architecture(self, img_size: int, modalities: tuple[str, ...]) -> Architecture:
-        raise NotImplementedError("the reference CNN's memory is measured, not estimated (catalog: estimated=False)")
+        """Every resolution's saved activations (em_backbones/activations.py: unet_stage); the decoder runs at all
+        but the coarsest, the stacked input is kept by the first convolution."""
+        hp = get_spec(self.name).scales[self.scale]
+        stages, bands = hp["stages"], len(stacked_band_names(list(modalities)))
+        layers = [unet_stage(pixels=(img_size // 2**i) ** 2, width=hp["width"] * 2**i,
+                             below=hp["width"] * 2 ** (i - 1) if i else 0, encoder=True, decoder=i < stages - 1,
+                             first_input=bands if i == 0 else 0) for i in range(stages)]
+        return Architecture(layers)
 
     def forward(self, x: dict[str, torch.Tensor] | torch.Tensor) -> list[torch.Tensor]:
         return self.unet(stack_modalities(x, self.modalities))

@@ -39,6 +39,7 @@ from torch import nn
 import em_backbones.families  # noqa: F401  (the profile builds registered backbones)
 from em_backbones.activations import Architecture
 from em_backbones.registry import build_backbone
+from em_backbones.sizing.device import CUDA_CONTEXT_BYTES
 from em_backbones.sizing.memory import MemoryBreakdown
 from em_backbones.techniques.apply import lora_target_modules
 from em_backbones.techniques.config import PRECISION_BYTES, Techniques
@@ -50,11 +51,6 @@ OVERHEAD_FRACTION = 0.10
 def adamw_state_bytes(trainable: int, tensors: int, p_bytes: int) -> int:
     """AdamW's state: two moments per trainable parameter and a step counter per parameter tensor."""
     return 2 * p_bytes * trainable + 4 * tensors
-# What a process's CUDA context (driver, cuBLAS, cuDNN, kernels) takes beside PyTorch's pool; outside
-# max_memory_allocated, so outside `peak`, but every trial on a GPU pays it. Measured with torch 2.11 +
-# CUDA 13 on an H200: nvidia-smi's process memory after a matmul, a conv backward and SDPA in bf16
-# (750 MiB), minus PyTorch's reserved pool (56 MiB).
-CUDA_CONTEXT_BYTES = 694 * 2**20
 
 
 @dataclass(frozen=True)

@@ -6,19 +6,29 @@ under `terratorch fit` with nothing of this project but its backbones.
 
 from __future__ import annotations
 
-from search.data.tiles import IGNORE_INDEX, SPLITS, PreparedData
+from search.data.tiles import IGNORE_INDEX, SPLITS, PreparedData, fold_split
 
 
-def datamodule_init_args(prepared: PreparedData, batch_size: int) -> dict:
-    """Arguments of TerraTorch's GenericMultiModalDataModule over the prepared tiles."""
+def datamodule_init_args(prepared: PreparedData, batch_size: int, fold: int | None = None) -> dict:
+    """Arguments of TerraTorch's GenericMultiModalDataModule over the prepared tiles: the search's train and val
+    splits, or one held-out fold (train on its training chips, normalised by their statistics, test on its
+    test chips; its val split names the test chips only because the datamodule wants one: a fold's trainer never
+    validates, search/plan/terratorch_config.py)."""
     roots = {m: str(prepared.modality_dir(m)) for m in prepared.modalities}
+    if fold is None:
+        splits = {split: prepared.split_file(split) for split in SPLITS if prepared.tiles.get(split)}
+        means, stds = prepared.means, prepared.stds
+    else:
+        test = prepared.split_file(fold_split(fold, "test"))
+        splits = {"train": prepared.split_file(fold_split(fold, "train")), "val": test, "test": test}
+        means, stds = prepared.statistics_of(prepared.folds[fold]["train"])
     args = {
         "task": "segmentation",
         "batch_size": batch_size,
         "num_workers": 0,
         "modalities": prepared.modalities,
-        "means": prepared.means,
-        "stds": prepared.stds,
+        "means": means,
+        "stds": stds,
         "num_classes": prepared.num_classes,
         "image_grep": {m: ".tif" for m in prepared.modalities},
         "label_grep": ".tif",
@@ -31,9 +41,8 @@ def datamodule_init_args(prepared: PreparedData, batch_size: int) -> dict:
     }
     if any(m.startswith("S2") for m in prepared.modalities):
         args["rgb_indices"] = {next(m for m in prepared.modalities if m.startswith("S2")): [3, 2, 1]}
-    for split in SPLITS:
-        if prepared.tiles.get(split):
-            args[f"{split}_data_root"] = roots
-            args[f"{split}_label_data_root"] = str(prepared.label_dir)
-            args[f"{split}_split"] = str(prepared.split_file(split))
+    for split, path in splits.items():
+        args[f"{split}_data_root"] = roots
+        args[f"{split}_label_data_root"] = str(prepared.label_dir)
+        args[f"{split}_split"] = str(path)
     return args

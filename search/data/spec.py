@@ -34,9 +34,12 @@ class DataSpec:
     modalities: tuple[str, ...] = ("S1RTC", "S2L2A")
     num_classes: int = 10
     tile_size: int = 112
-    val_chips: tuple[str, ...] = ()  # empty: chosen by seed, covering every class the data allows
+    # The search's validation chips; empty (the default and every packaged space): chosen by the stratified rule
+    # of search/data/splits.py. `test_chips` (or a `test_fraction` of the chips, stratified): kept out of the
+    # search altogether, neither trained nor validated on; the held-out folds test every usable chip either way.
+    val_chips: tuple[str, ...] = ()
     test_chips: tuple[str, ...] = ()
     val_fraction: float = 0.2  # share of usable chips chosen for validation (at least 1) when none are named
-    test_fraction: float = 0.2
+    test_fraction: float = 0.0
     on_bad_chip: str = "skip"  # skip (one warning line each) or error
 

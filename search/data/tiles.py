@@ -35,13 +35,24 @@ from rasterio.windows import Window
 
 from em_backbones.bands import bands_of
 from search.data.spec import LAYOUTS, DataError, DataSpec
-from search.data.splits import split_chips
+from search.data.splits import make_folds, split_chips
 
 SAMPLE_ROOT = Path(__file__).parents[1] / "sample_data"  # one packaged sample of real chips per layout
 SAMPLE_DATA = SAMPLE_ROOT / "terramesh"
 IGNORE_INDEX = -1
 LABEL_FOLDER = "label"
 SPLITS = ("train", "val", "test")
+
+
+def chip_of_tile(tile_id: str) -> str:
+    """The chip a tile was cut from: tiles are `<chip>__r<row>_c<col>`; a base config's copied samples are their
+    own "chips"."""
+    return tile_id.split("__")[0]
+
+
+def fold_split(fold: int, part: str) -> str:
+    """The split file name of one fold's `train` or `test` chips."""
+    return f"fold{fold}_{part}"
 
 
 def sample_root(layout: str) -> Path:
@@ -82,9 +93,17 @@ class PreparedData:
     tile_size: int | None = None  # set when the tiles come from a base config's datamodule
     base: dict | None = None  # the user's TerraTorch config the trials start from (search/data/base_config.py)
     base_dir: str | None = None  # the directory its relative data paths are relative to (where the run started)
+    folds: list[dict[str, list[str]]] = field(default_factory=list)  # held-out stage: train / test chips per fold
+    chip_tiles: dict[str, list[str]] = field(default_factory=dict)  # chip → its tile ids
+    chip_class_pixels: dict[str, list[int]] = field(default_factory=dict)  # chip → labelled pixels per class
+    chip_band_sums: dict[str, dict] = field(default_factory=dict)  # chip → modality → [sum, sum², count] per band
 
     def split_file(self, split: str) -> Path:
         return self.root / "splits" / f"{split}.txt"
+
+    def statistics_of(self, chip_ids: list[str]) -> tuple[dict, dict]:
+        """Normalisation means and stds over these chips' valid pixels (a split's or a fold's training chips)."""
+        return band_statistics([self.chip_band_sums[c] for c in chip_ids], self.modalities)
 
     def modality_dir(self, modality: str) -> Path:
         return self.root / "tiles" / modality
@@ -98,7 +117,9 @@ class PreparedData:
             "modalities": self.modalities, "num_classes": self.num_classes, "splits": self.splits,
             "tiles": self.tiles, "means": self.means, "stds": self.stds, "bad_chips": self.bad_chips,
             "class_pixels": self.class_pixels, "unlabelled_tiles": self.unlabelled_tiles,
-            "tile_size": self.tile_size, "base": self.base, "base_dir": self.base_dir,
+            "tile_size": self.tile_size, "base": self.base, "base_dir": self.base_dir, "folds": self.folds,
+            "chip_tiles": self.chip_tiles, "chip_class_pixels": self.chip_class_pixels,
+            "chip_band_sums": self.chip_band_sums,
         }, indent=1))
 
     @classmethod
@@ -244,11 +265,11 @@ def tile_usable_chips(chips: list[Chip], num_classes: int, tile_size: int, tiles
     return tiled, bad
 
 
-def band_statistics(train: list[TiledChip], modalities: list[str]) -> tuple[dict, dict]:
-    """Per-band mean and standard deviation over the valid pixels of the training tiles only."""
+def band_statistics(chips: list[dict[str, list[list[float]]]], modalities: list[str]) -> tuple[dict, dict]:
+    """Per-band mean and standard deviation over the valid pixels of the given chips (a split's training chips)."""
     means, stds = {}, {}
     for modality in modalities:
-        total, squares, count = (sum(chip.band_sums[modality][i] for chip in train) for i in range(3))
+        total, squares, count = (sum(np.asarray(chip[modality][i]) for chip in chips) for i in range(3))
         mean = total / np.maximum(count, 1)
         var = squares / np.maximum(count, 1) - mean**2
         means[modality] = [round(float(v), 4) for v in mean]
@@ -256,33 +277,47 @@ def band_statistics(train: list[TiledChip], modalities: list[str]) -> tuple[dict
     return means, stds
 
 
-def prepare(spec: DataSpec, out: Path, seed: int, warn: Callable[[str], None] = print) -> PreparedData:
-    """Check and tile every chip once (skipping bad ones), split by chip, compute training statistics.
-    `spec.root` None: the layout's packaged sample."""
+def write_split(prepared: PreparedData, name: str, chip_ids: list[str]) -> list[str]:
+    tiles = [tile for c in chip_ids for tile in prepared.chip_tiles[c]]
+    prepared.split_file(name).write_text("".join(f"{t}\n" for t in tiles))
+    return tiles
+
+
+def prepare(spec: DataSpec, out: Path, seed: int, folds: int = 0, warn: Callable[[str], None] = print) -> PreparedData:
+    """Check and tile every chip once (skipping bad ones), split by chip (the search's train/val, and `folds`
+    test folds over every usable chip), compute training statistics. `spec.root` None: the layout's sample."""
     root = Path(spec.root).expanduser() if spec.root else sample_root(spec.layout)
     modalities, num_classes, tile_size = list(spec.modalities), spec.num_classes, spec.tile_size
-    val_chips, test_chips = list(spec.val_chips), list(spec.test_chips)
     chips = find_chips(root, spec.layout, modalities)
     prepared = PreparedData(root=out, modalities=list(modalities), num_classes=num_classes, splits={})
     for folder in [*(prepared.modality_dir(m) for m in modalities), prepared.label_dir, out / "splits"]:
         folder.mkdir(parents=True, exist_ok=True)
     tiled, prepared.bad_chips = tile_usable_chips(chips, num_classes, tile_size, out / "tiles", spec.on_bad_chip,
-                                                     warn)
+                                                  warn)
     skipped = {b["chip"]: b["reason"] for b in prepared.bad_chips}
-    for chip_id in [*val_chips, *test_chips]:
+    for chip_id in [*spec.val_chips, *spec.test_chips]:
         if chip_id in skipped:
             raise DataError(f"data.val_chips/test_chips: chip {chip_id!r} is unusable ({skipped[chip_id]})")
     if not tiled:
         raise DataError(f"data.root: none of the {len(chips)} chips under {root} is usable (all skipped as bad)")
-    prepared.splits = split_chips({c: t.class_pixels for c, t in tiled.items()}, val_chips, test_chips, seed,
-                                  spec.val_fraction, spec.test_fraction)
+    histograms = {c: t.class_pixels for c, t in tiled.items()}
+    prepared.chip_tiles = {c: t.tiles for c, t in tiled.items()}
+    prepared.chip_class_pixels = {c: [int(v) for v in t.class_pixels] for c, t in tiled.items()}
+    prepared.chip_band_sums = {c: {m: [s.tolist() for s in sums] for m, sums in t.band_sums.items()}
+                               for c, t in tiled.items()}
+    prepared.splits = split_chips(histograms, list(spec.val_chips), list(spec.test_chips), seed, spec.val_fraction,
+                                  spec.test_fraction)
     for split, chip_ids in prepared.splits.items():
-        prepared.tiles[split] = [tile for c in chip_ids for tile in tiled[c].tiles]
+        prepared.tiles[split] = write_split(prepared, split, chip_ids)
         prepared.class_pixels[split] = [int(v) for v in sum((tiled[c].class_pixels for c in chip_ids),
                                                             np.zeros(num_classes, dtype=np.int64))]
-        prepared.split_file(split).write_text("".join(f"{t}\n" for t in prepared.tiles[split]))
+    if folds:
+        prepared.folds = make_folds(histograms, folds, seed)
+        for k, fold in enumerate(prepared.folds):
+            for part in ("train", "test"):
+                write_split(prepared, fold_split(k, part), fold[part])
     prepared.unlabelled_tiles = sum(t.unlabelled_tiles for t in tiled.values())
-    prepared.means, prepared.stds = band_statistics([tiled[c] for c in prepared.splits["train"]], list(modalities))
+    prepared.means, prepared.stds = prepared.statistics_of(prepared.splits["train"])
     prepared.save()
     return prepared
 

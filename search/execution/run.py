@@ -1,8 +1,8 @@
-"""`search run`: space file → prepared data → Ray Tune search → held-out stage and baselines → outputs.
+"""`search run`: space file → prepared data → baselines and the accuracy floor → Ray Tune search → the rest.
 
-Orchestration only: each step lives in its own module (data, tuner, confirm, baselines, export,
-summary, report, storage); this one calls them in order, times them, and cleans up a run
-directory that never got going.
+Orchestration only: each step lives in its own module (data, baselines, tuner, held_out, export,
+summary, report, storage); this one starts the run, times its steps, and cleans up a run directory
+that never got going; search/execution/finish.py runs the steps after the search.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import dataclasses
 import json
 import shutil
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -67,11 +67,11 @@ def prepare_data(space: Space, out: Path, echo) -> PreparedData:
 
         prepared = prepare_from_base(load_base(space.base), space.base, out / "data", echo)
     else:
-        prepared = prepare(space.data, out / "data", space.training.seed, warn=echo)
+        prepared = prepare(space.data, out / "data", space.training.seed, space.evaluation.folds, warn=echo)
         check_batches(prepared, space.training.batch_size, space.resources.workers_per_trial)
-    if space.evaluation.top_k and not prepared.tiles["test"]:
-        raise DataError("evaluation.top_k: retraining on held-out chips needs a test split; name "
-                        "data.test_chips, give more chips, or set evaluation.top_k: 0")
+    if space.base and space.evaluation.folds and not prepared.tiles.get("test"):
+        raise DataError(f"evaluation.folds: the base config's datamodule ({space.base}) has no test split to hold "
+                        "out; give it one or set evaluation.folds: 0")
     return prepared
 
 
@@ -135,91 +135,68 @@ def run_search(space_path: str | Path, out: Path | None = None, address: str | N
         prepared, location, data = reopen_run(space_path, out) if resume else start_run(space_path, space, out,
                                                                                           storage, echo)
     space = effective_space(space, prepared)  # a base config's shapes, epochs and precision
-    # The baselines need only the tiles: they are computed in the background while Ray starts and trials train.
+    # The baselines need only the tiles: they are fitted while Ray starts; the floor they set is needed by the
+    # searcher before the first trial.
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="baselines")
-    baselines = pool.submit(baseline_scores, prepared, space.training.seed)
+    baselines = pool.submit(search_baselines, prepared, space.training.seed)
     pool.shutdown(wait=False)
     try:
         with clock.step("Ray start"):
-            session = start_session(space, out, location, data, address, resume, mlflow)
+            context = connect_cluster(address)
+        with clock.step("baselines (waiting for them)"):
+            scores = baselines.result()
+        floor = accuracy_floor_of(space, scores)
+        session = start_session(space, context, out, location, data, resume, mlflow, floor)
     except BaseException:
         if not resume:
             shutil.rmtree(out, ignore_errors=True)
         raise
-    return finish_run(space, session, prepared, out, location, resume, clock, echo, baselines)
+    from search.execution.finish import finish_run
+
+    return finish_run(space, session, prepared, out, location, resume, clock, echo, scores, floor)
 
 
-def baseline_scores(prepared: PreparedData, seed: int) -> list[dict]:
-    """The baselines on one thread (the trials have the CPUs); a baseline that fails costs only itself."""
+def search_baselines(prepared: PreparedData, seed: int) -> list[dict]:
+    """The baselines on one thread (Ray is starting); a baseline that fails costs only itself."""
     from threadpoolctl import threadpool_limits
 
-    from search.outcome.baselines import compute_baselines
+    from search.outcome.baselines import search_baselines as fit_and_score
 
     with threadpool_limits(limits=1):
-        return [b.as_dict() for b in compute_baselines(prepared, seed)]
+        return [b.as_dict() for b in fit_and_score(prepared, seed)]
 
 
-def start_session(space: Space, out: Path, location: str, data: str, address: str | None, resume: bool,
-                  mlflow: str | None = None):
-    """Ray joined or started, trial resources planned, the Tuner built (nothing trained yet)."""
+def accuracy_floor_of(space: Space, baselines: list[dict]) -> dict | None:
+    """`objective.min_val_miou`, or the best non-deep baseline's validation mIoU: a trial below it cannot win."""
+    from search.outcome.baselines import BaselineScore, accuracy_floor
+
+    if space.min_val_miou is not None:
+        return {"val_miou": space.min_val_miou, "source": "objective.min_val_miou"}
+    best = accuracy_floor([BaselineScore(**b) for b in baselines])
+    return None if best is None else {"val_miou": best[0], "source": best[1]}
+
+
+def connect_cluster(address: str | None):
+    from search.execution.cluster import connect
+
+    return connect(address)
+
+
+def start_session(space: Space, context, out: Path, location: str, data: str, resume: bool, mlflow: str | None,
+                  floor: dict | None):
+    """Trial resources planned from the cluster, the Tuner built (nothing trained yet)."""
     import ray
 
-    from search.execution.cluster import connect
     from search.execution.tracking import mlflow_callback, tracking_uri
     from search.execution.tuner import SearchSession, build_tuner, plan_resources, trial_setup
 
     uri = tracking_uri(mlflow, out)
     tracking = mlflow_callback(uri, out.name, space.name) if uri and not resume else None
-    context = connect(address)
     resources, concurrent = plan_resources(ray.cluster_resources(), space)
     setup = trial_setup(space, (out / "space.yaml").read_text(), data, location, resources)
-    tuner = build_tuner(space, out, setup, concurrent, resume, callbacks=(tracking,) if tracking else ())
+    tuner = build_tuner(space, out, setup, concurrent, resume, callbacks=(tracking,) if tracking else (),
+                        floor=floor["val_miou"] if floor else None)
     return SearchSession(context, setup, concurrent, tuner, tracking)
-
-
-def finish_run(space: Space, session, prepared: PreparedData, out: Path, location: str, resume: bool,
-               clock: Stopwatch, echo, baselines: Future) -> RunOutcome:
-    """Search, export, held-out stage, baselines, summary, report, mirror; each step timed."""
-    from search.execution.cluster import dashboard_lines
-    from search.execution.held_out import held_out_stage
-    from search.outcome.export import export_winners, write_results
-    from search.outcome.results import slot_utilisation, to_table, trial_rows
-    from search.outcome.summary import closing_lines, outcome_of, write_summary
-
-    for line in dashboard_lines(session.context):
-        echo(line)
-    echo(f"run directory: {out}" + (f" (mirrored to {location})" if location != str(out) else "")
-         + (" — resuming" if resume else ""))
-    echo(session.describe(space))
-    with clock.step("search"):
-        grid = session.tuner.fit()
-    from search.execution.tracking import close_study
-
-    close_study(session.tracking)
-    rows = trial_rows(grid, space.training.epochs, space.scale, space.resources.memory_budget_gb)
-    write_results(to_table(rows), out / "results.parquet")
-    utilisation = slot_utilisation(rows, session.concurrent, clock.seconds["search"])
-    front, best = export_winners(space, rows, prepared, out)
-    with clock.step("held-out stage"):
-        confirmation = held_out_stage(space, rows, best, session, resume, out, echo)
-    with clock.step("baselines (waiting for them)"):
-        scores = baselines.result()
-    outcome = outcome_of(out, space, prepared, rows, best, front, confirmation, scores, utilisation,
-                         session.concurrent, clock.seconds)
-    write_summary(outcome)
-    with clock.step("report"):
-        from search.outcome.report import write_report
-
-        report = write_report(out)
-    write_summary(outcome)  # again, with the report's seconds in the breakdown
-    if location != str(out):
-        from search.data.storage import mirror_outputs
-
-        mirror_outputs(out, location)
-    for line in closing_lines(outcome):
-        echo(line)
-    echo(f"report: {report}")
-    return outcome
 
 
 def run_command(args) -> int:

@@ -125,5 +125,5 @@ def run_trial(config: dict[str, Any], setup: TrialSetup) -> None:
 
 
 def run_confirmation(config: dict[str, Any], setup: TrialSetup) -> None:
-    """Tune function of the held-out stage: one candidate at one seed, every epoch, then tested."""
-    run_trial({**config["candidate"], "seed": config["seed"], "evaluate_test": True}, setup)
+    """Tune function of the held-out stage: one method on one fold at one seed, every epoch, then tested."""
+    run_trial({**config["candidate"], **config["run"], "evaluate_test": True}, setup)

@@ -109,8 +109,17 @@ class FailureAwareOptunaSearch(OptunaSearch):
     so TPE does not learn from a value the configuration never really achieved.
     """
 
+    def __init__(self, *args, floor: float | None = None, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.floor = floor  # the accuracy floor: a trial below it is infeasible for Optuna, whatever its memory
+
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         result = dict(result) if result else None
+        miou = (result or {}).get("val_miou")
+        if self.floor is not None and isinstance(miou, (int, float)) and math.isfinite(miou) \
+                and trial_id in self._ot_trials:
+            # Feasible when <= 0: TPE keeps proposing near configurations that cleared it, as with the budget.
+            self._ot_trials[trial_id].set_constraint("val_miou_below_floor", self.floor - miou)
         if result and result.get("infeasible"):
             # Never trained: no accuracy at its predicted memory; the trial's constraint marks it infeasible.
             result.update(val_miou=0.0, peak_gb=result["predicted_gb"])
@@ -121,8 +130,9 @@ class FailureAwareOptunaSearch(OptunaSearch):
         super().on_trial_complete(trial_id, None if failed else result, error=failed)
 
 
-def optuna_searcher(space: Space, out_dir: Path) -> OptunaSearch:
-    """Optuna TPE over the define-by-run space, its study kept in the run directory."""
+def optuna_searcher(space: Space, out_dir: Path, floor: float | None = None) -> OptunaSearch:
+    """Optuna TPE over the define-by-run space, its study kept in the run directory; `floor`: the accuracy floor,
+    an Optuna constraint."""
     storage = journal_storage(out_dir)
     goal = objectives_of(space)
     return FailureAwareOptunaSearch(
@@ -133,6 +143,7 @@ def optuna_searcher(space: Space, out_dir: Path) -> OptunaSearch:
                                            n_startup_trials=max(2, space.training.num_samples // 3)),
         study_name=space.name,
         storage=storage,
+        floor=floor,
     )
 
 
@@ -184,7 +195,7 @@ def run_config(name: str, setup: TrialSetup, space: Space, live_metrics: bool = 
 
 
 def build_tuner(space: Space, out_dir: Path, setup: TrialSetup, max_concurrent: int,
-                resume: bool = False, callbacks: tuple = ()) -> tune.Tuner:
+                resume: bool = False, callbacks: tuple = (), floor: float | None = None) -> tune.Tuner:
     """The search as one Tuner; `storage` (run directory or URI) holds Tune's and Train's results.
 
     Resuming restores Tune's experiment state (finished trials stay finished, interrupted ones
@@ -197,7 +208,7 @@ def build_tuner(space: Space, out_dir: Path, setup: TrialSetup, max_concurrent: 
     return tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(
-            search_alg=optuna_searcher(space, out_dir),
+            search_alg=optuna_searcher(space, out_dir, floor),
             scheduler=scheduler_of(space),
             num_samples=space.training.num_samples,
             max_concurrent_trials=max_concurrent,

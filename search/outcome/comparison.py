@@ -5,15 +5,17 @@ the reference CNN and the baselines — on the same folds and scores each on the
 every chip is in exactly one test fold, and each (fold, seed) training uses its own seed. For one
 method, `Scores[fold][seed]` is {chip: confusion matrix}.
 
-Which test, and why: a paired t-interval over folds. Per fold, the winner's test mIoU minus the
-other method's (each averaged over its seeds) is one paired difference; folds are the independent
-units, because each fold's trainings are separate runs with their own seeds, while the chips
-inside one fold share one trained model (a chip-level bootstrap or t would treat the chips of one
-fold as independent and be too narrow), and seeds are nested in folds (distinct per fold), so a
-model's luck with one seed cannot repeat across folds. The interval is centred on the pooled lead
-(the winner's pooled test mIoU over every chip minus the other's) with the t half-width of the
-fold differences, `t(0.975, K-1) * sd / sqrt(K)`; "ahead" or "behind" only where it excludes zero.
-With one fold (a base config's own test split) the seeds are the units instead.
+Which test, and why: a paired t-interval over folds. The lead is the winner's pooled test mIoU
+(every chip's confusion summed, as TerraTorch pools a split) minus the other method's, on the same
+chips. Folds are the independent units: each fold's trainings are separate runs with their own
+seeds, while the chips inside one fold share one trained model (a chip-level bootstrap or t would
+treat the chips of one fold as independent and be too narrow), and seeds are nested in folds
+(distinct per fold), so a model's luck with one seed cannot repeat across folds. The lead's
+standard error is the jackknife over folds (leave one fold out, recompute the pooled lead; for a
+mean of fold differences this is exactly sd/sqrt(K), and it handles the pooled ratio too), and the
+interval is `lead ± t(0.975, K-1) * se`; "ahead" or "BEHIND" only where it excludes zero. With one
+fold (a base config's own test split) the seeds are the units: that interval covers training
+luck only, not the choice of test chips.
 
 `false_positive_rate` and `power` simulate A/A and A/B comparisons at a run's shapes (folds, chips
 per fold, seeds) through this same code, so the 5% is measured, not assumed (tests/test_comparison.py).
@@ -53,8 +55,23 @@ class Interval:
             return "ahead"
         return "BEHIND" if self.high < 0 else "no difference shown"
 
-    def as_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "verdict": self.verdict}
+    @property
+    def se(self) -> float | None:
+        if self.low is None:
+            return None
+        return (self.high - self.low) / 2 / float(stats.t.ppf(0.5 + LEVEL / 2, self.n - 1))
+
+    def power(self, lead: float) -> float | None:
+        """Chance this test says "ahead" when the true lead is `lead`, at this comparison's own standard error
+        (non-central t with n - 1 degrees of freedom)."""
+        se = self.se
+        if se is None or se <= 0:
+            return None
+        critical = stats.t.ppf(0.5 + LEVEL / 2, self.n - 1)
+        return float(stats.nct.sf(critical, self.n - 1, lead / se))
+
+    def as_dict(self, known_lead: float = 0.05) -> dict[str, Any]:
+        return {**asdict(self), "verdict": self.verdict, f"power_at_{known_lead}": self.power(known_lead)}
 
     def text(self) -> str:
         span = "" if self.low is None else f" [{self.low:+.4f}, {self.high:+.4f}]"
@@ -87,31 +104,44 @@ def per_chip_miou(scores: Scores) -> dict[str, float]:
     return {chip: float(np.mean(values)) for chip, values in sorted(chips.items())}
 
 
-def _t_interval(centre: float, units: np.ndarray, kind: str) -> Interval:
-    n = len(units)
+def _t_interval(centre: float, spread: float, n: int, kind: str) -> Interval:
     if n < 2:
         return Interval(centre, None, None, n, "none")
-    half = float(stats.t.ppf(0.5 + LEVEL / 2, n - 1) * units.std(ddof=1) / math.sqrt(n))
+    half = float(stats.t.ppf(0.5 + LEVEL / 2, n - 1) * spread)
     return Interval(centre, centre - half, centre + half, n, kind)
 
 
+def jackknife_se(statistic, units: list) -> float:
+    """Standard error of `statistic(units)` by leaving one unit out at a time (Quenouille–Tukey jackknife): for a
+    mean it is sd/sqrt(n) exactly; for a pooled mIoU, a ratio of sums over chips, it is the usual estimate."""
+    n = len(units)
+    leave_one_out = np.array([statistic(units[:i] + units[i + 1:]) for i in range(n)])
+    return float(math.sqrt((n - 1) / n * ((leave_one_out - leave_one_out.mean()) ** 2).sum()))
+
+
 def method_interval(scores: Scores) -> Interval:
-    """A method's pooled test mIoU with the spread of its fold scores (or of its seeds with one fold)."""
-    if len(scores) >= 2:
-        return _t_interval(pooled_miou(scores), fold_means(scores), "folds")
-    return _t_interval(pooled_miou(scores), np.array([fold_miou(s) for s in scores[0]]), "seeds")
+    """A method's pooled test mIoU with its 95% interval, folds as the units (seeds with one fold); clipped to [0, 1]."""
+    units, kind = (scores, "folds") if len(scores) >= 2 else ([[s] for s in scores[0]], "seeds")
+    if len(units) < 2:
+        return Interval(pooled_miou(scores), None, None, len(units), "none")
+    raw = _t_interval(pooled_miou(scores), jackknife_se(pooled_miou, units), len(units), kind)
+    return Interval(raw.estimate, max(0.0, raw.low), min(1.0, raw.high), raw.n, raw.units)
 
 
 def paired_lead(winner: Scores, other: Scores) -> Interval:
-    """The winner's pooled lead over `other` on the same chips, with its paired 95% interval."""
+    """The winner's pooled test-mIoU lead over `other` on the same chips, with its paired 95% interval: the
+    jackknife over folds of the pooled lead (seeds as units with one fold; a deterministic method's one "seed"
+    pairs with each of the winner's)."""
     if len(winner) >= 2:
-        differences = fold_means(winner) - fold_means(other)
-        return _t_interval(float(differences.mean()), differences, "folds")
-    # One fold: pair by seed; a deterministic method (one "seed") is the same on every seed.
-    mine = np.array([fold_miou(s) for s in winner[0]])
-    theirs = np.array([fold_miou(s) for s in other[0]])
-    differences = mine - (theirs if len(theirs) == len(mine) else theirs.mean())
-    return _t_interval(float(differences.mean()), differences, "seeds")
+        units, kind = list(zip(winner, other)), "folds"
+    else:
+        theirs = other[0] if len(other[0]) == len(winner[0]) else other[0][:1] * len(winner[0])
+        units, kind = [([w], [o]) for w, o in zip(winner[0], theirs)], "seeds"
+
+    def lead(pairs: list) -> float:
+        return pooled_miou([p[0] for p in pairs]) - pooled_miou([p[1] for p in pairs])
+
+    return _t_interval(lead(units), jackknife_se(lead, units) if len(units) > 1 else 0.0, len(units), kind)
 
 
 # -- simulation: A/A false-positive rate and the power to see a known lead, at a run's shapes --------------

@@ -31,8 +31,8 @@ def save(fig, path: Path) -> Path:
     return path
 
 
-def reference_marks(ax, baselines: list[dict], reference: dict | None) -> float:
-    """Baselines' validation mIoU as dashed lines, the reference CNN as a star; returns the highest mark."""
+def baseline_marks(ax, baselines: list[dict]) -> float:
+    """Baselines' validation mIoU as dashed lines; returns the highest mark."""
     styles = iter([(0, (5, 3)), (0, (2, 2)), (0, (6, 2, 1, 2)), (0, (8, 4)), (0, (1, 3))])
     highest = 0.0
     for baseline in baselines:
@@ -40,17 +40,13 @@ def reference_marks(ax, baselines: list[dict], reference: dict | None) -> float:
             ax.axhline(baseline["val_miou"], color="grey", lw=1, ls=next(styles, (0, (4, 4))),
                        label=f"{baseline['name']} ({baseline['val_miou']:.3f})")
             highest = max(highest, baseline["val_miou"])
-    if reference and reference["val_miou"]["mean"] is not None and reference["peak_gb"]["mean"] is not None:
-        ax.scatter([reference["peak_gb"]["mean"]], [reference["val_miou"]["mean"]], marker="*", s=220, color="#444",
-                   zorder=4, label=f"reference CNN ({reference['val_miou']['mean']:.3f}, mean of seeds)")
-        highest = max(highest, reference["val_miou"]["mean"])
     return highest
 
 
 def accuracy_vs_memory(rows: list[dict], front: list[dict], best: dict | None, path: Path,
-                       baselines: list[dict] = (), reference: dict | None = None) -> Path:
-    """Every scored trial; the front as a staircase; the best accuracy per GB labelled, with its iso-line;
-    the baselines and the reference CNN as marks to beat."""
+                       baselines: list[dict] = ()) -> Path:
+    """Every scored trial against what it occupies on its device (peak + the per-process overhead); the front as
+    a staircase; the best accuracy per GB labelled, with its iso-line; the baselines as marks to beat."""
     points = scored(rows)
     colours = colour_of([r["backbone"] for r in points])
     fig, ax = plt.subplots(figsize=(10, 5))
@@ -58,25 +54,24 @@ def accuracy_vs_memory(rows: list[dict], front: list[dict], best: dict | None, p
         for status, marker in (("completed", "o"), (STATUS_STOPPED, "^")):
             mine = [r for r in points if r["backbone"] == name and r["status"] == status]
             if mine:
-                ax.scatter([r["peak_gb"] for r in mine], [r["val_miou"] for r in mine], color=colour, marker=marker,
+                ax.scatter([r["occupied_gb"] for r in mine], [r["val_miou"] for r in mine], color=colour, marker=marker,
                            s=45, alpha=0.85, label=f"{name} ({'stopped by ASHA' if status != 'completed' else status})")
     if front:
-        ax.step([r["peak_gb"] for r in front], [r["val_miou"] for r in front], where="post", color="black", lw=1.2,
+        ax.step([r["occupied_gb"] for r in front], [r["val_miou"] for r in front], where="post", color="black", lw=1.2,
                 label="Pareto front")
-        ax.scatter([r["peak_gb"] for r in front], [r["val_miou"] for r in front], s=140, facecolors="none",
+        ax.scatter([r["occupied_gb"] for r in front], [r["val_miou"] for r in front], s=140, facecolors="none",
                    edgecolors="black", lw=1.2)
     if best is not None:
-        xs = np.linspace(0, max(r["peak_gb"] for r in points) * 1.05, 50)
+        xs = np.linspace(0, max(r["occupied_gb"] for r in points) * 1.05, 50)
         ax.plot(xs, best["objective"] * xs, ls=":", color="grey", lw=1, label="equal mIoU per GB as the best")
         ax.annotate(f"best mIoU/GB: {best['objective']:.3g}\n{best['backbone']} ({best['trial_id']})",
-                    (best["peak_gb"], best["val_miou"]), xytext=(12, -28), textcoords="offset points", fontsize=9,
+                    (best["occupied_gb"], best["val_miou"]), xytext=(12, -28), textcoords="offset points", fontsize=9,
                     arrowprops={"arrowstyle": "->", "color": "black"})
-    highest = reference_marks(ax, list(baselines), reference)
+    highest = baseline_marks(ax, list(baselines))
     if best is not None:
         ax.set_ylim(0, min(1.0, max(highest, *(r["val_miou"] for r in points)) * 1.15))
-        widest = max([r["peak_gb"] for r in points] + ([reference["peak_gb"]["mean"] or 0] if reference else []))
-        ax.set_xlim(0, widest * 1.08)
-    ax.set_xlabel("measured peak memory per worker (GB)")
+        ax.set_xlim(0, max(r["occupied_gb"] for r in points) * 1.08)
+    ax.set_xlabel("GB occupied on its device: measured peak per worker + per-process overhead")
     ax.set_ylabel("validation mIoU")
     ax.set_title("Accuracy vs memory")
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
@@ -193,26 +188,23 @@ def learning_curves(rows: list[dict], space: Space, path: Path) -> Path:
     return save(fig, path)
 
 
-def held_out_chart(summary: list[dict], confirm_rows: list[dict], path: Path) -> Path:
-    """Per retrained configuration: search val, then val and test mean ± std, seeds as dots."""
-    fig, ax = plt.subplots(figsize=(max(6, 2.2 * len(summary)), 4))
-    for i, entry in enumerate(summary):
-        ax.scatter([i - 0.3], [entry["search_val_miou"]], marker="D", color="black", zorder=3,
-                   label="search (val)" if i == 0 else None)
-        for offset, key, colour in ((-0.1, "val_miou", "#4c72b0"), (0.15, "test_miou", "#dd8452")):
-            stats = entry[key]
-            if stats["mean"] is None:
-                continue
-            ax.bar(i + offset, stats["mean"], width=0.22, yerr=stats["std"], capsize=4, color=colour, alpha=0.75,
-                   label=("retrained: val" if key == "val_miou" else "retrained: test") if i == 0 else None)
-            seeds = [r[key] for r in confirm_rows if r["rank"] == entry["rank"] and r[key] is not None]
-            ax.scatter([i + offset] * len(seeds), seeds, s=12, color="black", zorder=3)
-    ax.set_xticks(range(len(summary)), [f"#{e['rank']} {e['backbone']}" for e in summary])
-    ax.set_xlim(-0.6, len(summary) - 0.4)
-    ax.set_ylim(bottom=0)
-    ax.set_ylabel("mIoU (bars: mean ± std over seeds)")
-    ax.set_title("Validation vs held-out test")
-    ax.legend(fontsize=8)
+def held_out_chart(held_out: dict, path: Path) -> Path:
+    """Per method: pooled test mIoU with its 95% interval over folds, each test chip's mIoU as a dot."""
+    methods = held_out["methods"]
+    fig, ax = plt.subplots(figsize=(max(6, 1.3 * len(methods) + 2), 4.2))
+    for i, method in enumerate(methods):
+        test = method["test_miou"]
+        colour = "#dd8452" if method["kind"] == "winner" else "#4c72b0" if method.get("role") else "#999999"
+        ax.bar(i, test["estimate"], width=0.6, color=colour, alpha=0.75)
+        if test["low"] is not None:
+            ax.errorbar(i, test["estimate"], yerr=[[test["estimate"] - test["low"]], [test["high"] - test["estimate"]]],
+                        color="black", capsize=4)
+        chips = list(method["per_chip"].values())
+        ax.scatter(np.full(len(chips), i) + np.linspace(-0.2, 0.2, len(chips)), chips, s=10, color="black", zorder=3)
+    ax.set_xticks(range(len(methods)), [m["name"] for m in methods], rotation=25, ha="right", fontsize=8)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("test mIoU (bar: pooled; dots: chips)")
+    ax.set_title(f"Held-out test over {held_out['shapes']['folds']} folds (95% intervals)")
     ax.grid(axis="y", alpha=0.3)
     return save(fig, path)
 

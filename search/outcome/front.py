@@ -34,5 +34,5 @@ def pareto_front(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def pick_on_front(front: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """best.yaml's rule: the front's highest validation mIoU per peak GB."""
-    return max(front, key=lambda r: r["objective"]) if front else None
+    """best.yaml's rule: the front's highest validation mIoU per GB, among the points that clear the floor if any do."""
+    return max(front, key=lambda r: (r.get("above_floor") is not False, r["objective"])) if front else None

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-IGNORE_INDEX = -1
+from search.data.tiles import IGNORE_INDEX
 
 
 def confusion(pred: np.ndarray, target: np.ndarray, num_classes: int) -> np.ndarray:

@@ -32,7 +32,6 @@ from search.outcome.figures import (
 )
 from search.outcome.front import pareto_front
 from search.outcome.results import ranked, scored
-from search.outcome.summary import format_spread
 from search.plan.space import load_space
 
 TOP_K = 10
@@ -68,7 +67,6 @@ def write_report(run_dir: Path) -> Path:
         raise ReportError(f"report {run_dir}: holds no finished run (results.parquet and space.yaml expected)")
     space = load_space(run_dir / "space.yaml")
     rows = read_rows(run_dir / "results.parquet")
-    confirm_rows = read_rows(run_dir / "confirm.parquet")
     summary = json.loads((run_dir / "summary.json").read_text()) if (run_dir / "summary.json").exists() else {}
     figures_dir = run_dir / "report"
     figures_dir.mkdir(exist_ok=True)
@@ -76,27 +74,28 @@ def write_report(run_dir: Path) -> Path:
     front = pareto_front(rows)
     best = next((r for r in rows if r["trial_id"] == summary.get("best_trial")), None) or next(iter(ranked(rows)), None)
     figures: dict[str, Path] = {}
-    baselines, reference = summary.get("baselines") or [], summary.get("reference_cnn")
+    baselines = summary.get("baselines") or []
     if scored(rows):
-        figures["scatter"] = accuracy_vs_memory(rows, front, best, figures_dir / "accuracy_vs_memory.png", baselines,
-                                                reference)
+        figures["scatter"] = accuracy_vs_memory(rows, front, best, figures_dir / "accuracy_vs_memory.png", baselines)
         figures["by_choice"] = objective_by_choice(rows, figures_dir / "objective_by_choice.png")
         figures["curves"] = learning_curves(rows, space, figures_dir / "learning_curves.png")
     scores, importance_note = importances(space, run_dir)
     if scores:
         figures["importances"] = importance_chart(scores, figures_dir / "importances.png")
-    held_out = summary.get("held_out") or []
-    if held_out:
-        figures["held_out"] = held_out_chart(held_out, confirm_rows, figures_dir / "held_out.png")
+    held_out = summary.get("held_out") or {}
+    if held_out.get("methods"):
+        figures["held_out"] = held_out_chart(held_out, figures_dir / "held_out.png")
 
     environment = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATE.parent),
                                      autoescape=jinja2.select_autoescape(["html"]))
-    environment.filters.update(fmt=fmt, mean_std=format_spread, param=display_param, knob=knob_cell)
+    environment.filters.update(fmt=fmt, param=display_param, knob=knob_cell)
     html = environment.get_template(TEMPLATE.name).render(
         space=space, rows=rows, summary=summary, best=best, front=front, top=ranked(rows)[:TOP_K],
         figures={name: data_uri(path) for name, path in figures.items()}, importances=scores,
-        importance_note=importance_note, held_out=held_out, rungs=asha_rungs(space), knobs=knob_labels(),
-        baselines=baselines, reference=reference, comparisons=summary.get("comparisons") or [],
+        importance_note=importance_note, rungs=asha_rungs(space), knobs=knob_labels(),
+        baselines=baselines, methods=held_out.get("methods") or [], comparisons=held_out.get("comparisons") or [],
+        chips=held_out.get("chips") or [], shapes=held_out.get("shapes") or {},
+        properties=summary.get("test_properties"), val_chips=set((summary.get("splits") or {}).get("val") or []),
         problems=[r for r in rows if r["status"] in ("failed", "infeasible")],
         statuses={s: sum(r["status"] == s for r in rows) for s in sorted({r["status"] for r in rows})},
     )

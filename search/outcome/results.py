@@ -4,6 +4,7 @@ Light on purpose (no torch): the driver and `search report` use it."""
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -30,6 +31,10 @@ def _float(value: Any) -> float | None:
 
 def _same(value: Any) -> Any:
     return value
+
+
+def _json(value: Any) -> str | None:
+    return None if value is None else json.dumps(value)
 
 
 def _strings(value: Any) -> list[str]:
@@ -73,9 +78,11 @@ COLUMNS: tuple[Column, ...] = (
     Column("epochs_run", pa.int64()),
     _reported("val_miou"),
     _reported("peak_gb"),
+    _reported("occupied_gb"),  # peak + memory.overhead_gb: what the trial would occupy on its device
     Column("predicted_gb", pa.float64()),
     _reported("memory_method", pa.string(), read=_same),
-    _reported("objective"),
+    _reported("objective"),  # val_miou / occupied_gb
+    Column("above_floor", pa.bool_()),  # val mIoU >= objective.min_val_miou: only such a trial can win
     _reported("param_gb"),
     _reported("grad_gb"),
     _reported("optimizer_gb"),
@@ -92,6 +99,7 @@ COLUMNS: tuple[Column, ...] = (
     _reported("train_loss"),
     Column("val_miou_per_epoch", pa.list_(pa.float64())),
     _reported("seed", pa.int64(), read=_same),
+    _reported("fold", pa.int64(), read=_same),  # held-out runs: the test fold (search trials: none)
     _reported("test_miou"),
     # the process that trained it, and how many trials it had trained before (0: fresh)
     _reported("pid", pa.int64(), read=_same),
@@ -100,10 +108,11 @@ COLUMNS: tuple[Column, ...] = (
     _reported("setup_seconds"),  # config, datamodule, model and Trainer built
     _reported("fit_setup_seconds"),  # then Lightning's set-up inside fit, until the first batch
     _reported("rss_mb_at_start"),
+    _reported("chip_confusion", pa.string(), read=_json),  # held-out runs: {test chip: confusion matrix}
 )
 SCHEMA = pa.schema([(c.name, c.type) for c in COLUMNS])
-# confirm.parquet: which retrained configuration a row is, then a trial row.
-CONFIRM_SCHEMA = pa.schema([("rank", pa.int64()), ("role", pa.string()), ("source_trial_id", pa.string()), *SCHEMA])
+# confirm.parquet: which method and fold a held-out run is, then a trial row.
+CONFIRM_SCHEMA = pa.schema([("role", pa.string()), ("source_trial_id", pa.string()), *SCHEMA])
 NOT_EPOCH_REPORTS = ("fault", "infeasible", "test_miou")  # reports a trial makes besides its epochs
 
 
@@ -129,10 +138,12 @@ def epoch_curve(history) -> list[float]:
 
 
 def trial_rows(result_grid, max_epochs: int, scale: str, budget_gb: float | None = None,
-               params_key: str | None = None, carry: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+               params_key: str | None = None, carry: tuple[str, ...] = (),
+               floor: float | None = None) -> list[dict[str, Any]]:
     """One dict per trial with SCHEMA's columns (plus `carry`); status tells completed / stopped / failed.
 
-    `params_key`: where the trial's parameters sit in its config when they are not the config itself.
+    `params_key`: where the trial's parameters sit in its config when they are not the config itself;
+    `floor`: the accuracy floor (objective.min_val_miou), None when there is none.
     """
     rows = []
     for result in result_grid:
@@ -167,6 +178,7 @@ def trial_rows(result_grid, max_epochs: int, scale: str, budget_gb: float | None
             "predicted_gb": _float(config.get("predicted_gb", metrics.get("predicted_gb"))),
             "val_miou_per_epoch": curve,
         })
+        row["above_floor"] = None if row["val_miou"] is None else floor is None or row["val_miou"] >= floor
         row["started_at"], row["finished_at"] = _span(metrics)
         rows.append(row)
     return sorted(rows, key=lambda r: r["trial_id"])
@@ -183,8 +195,9 @@ def scored(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def ranked(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Scored trials, best accuracy per GB first."""
-    return sorted(scored(rows), key=lambda r: -r["objective"])
+    """Scored trials, those that clear the accuracy floor first, each group best accuracy per GB first: a trial
+    below the floor can win only when none clears it (and the run then says so)."""
+    return sorted(scored(rows), key=lambda r: (r.get("above_floor") is False, -r["objective"]))
 
 
 def best_row(rows: list[dict[str, Any]]) -> dict[str, Any] | None:

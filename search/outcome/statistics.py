@@ -1,65 +1,66 @@
-"""Held-out statistics: spread over seeds and the per-configuration summary (pure functions: no Ray, no torch)."""
+"""The held-out stage's figures: every method's pooled and per-chip test mIoU, and the winner's paired leads.
+
+Pure functions over confirm.parquet's rows (one per method, fold and seed, each with its test
+chips' confusion matrices) and the baselines' per-fold confusions: no Ray, no torch. The tests
+themselves (intervals, verdicts, false-positive rate) are search/outcome/comparison.py.
+"""
 
 from __future__ import annotations
 
-import math
+import json
 from typing import Any
 
 import numpy as np
-from scipy.stats import trim_mean
 
-from em_backbones.techniques.config import searched_knobs
+from search.outcome.comparison import Scores, Shapes, method_interval, paired_lead, per_chip_miou, pooled_miou
 from search.outcome.results import STATUS_COMPLETED
 
 REFERENCE_BACKBONE = "em_cnn"
-CANDIDATE, REFERENCE = "candidate", "reference"
-IQM_MIN_RUNS = 4  # the interquartile mean of fewer runs trims nothing: it is just the mean
+WINNER_ROLE, RUNNER_UP_ROLE, REFERENCE_ROLE = "winner", "runner_up", "reference"
+ROLE_NAMES = {WINNER_ROLE: "winner", RUNNER_UP_ROLE: "runner-up", REFERENCE_ROLE: "small CNN (tier-0 U-Net)"}
 
 
-def spread(values: list[float]) -> dict[str, float | None]:
-    """Mean, sample standard deviation and (from IQM_MIN_RUNS runs) the interquartile mean."""
-    if not values:
-        return {"mean": None, "std": None, "iqm": None, "n": 0}
-    array = np.asarray(values, dtype=float)
-    # One run has no spread: its standard deviation is undefined, not 0.
-    return {"mean": float(array.mean()), "std": float(array.std(ddof=1)) if len(array) > 1 else None,
-            "iqm": float(trim_mean(array, 0.25)) if len(array) >= IQM_MIN_RUNS else None, "n": len(array)}
+def role_scores(confirm_rows: list[dict[str, Any]], role: str, folds: int) -> Scores | None:
+    """[fold][seed] → {chip: confusion} of one method; None unless every fold has a completed, tested run."""
+    scores: Scores = [[] for _ in range(folds)]
+    for row in confirm_rows:
+        if row["role"] == role and row["status"] == STATUS_COMPLETED and row.get("chip_confusion"):
+            chips = {chip: np.asarray(m) for chip, m in json.loads(row["chip_confusion"]).items()}
+            scores[row["fold"] or 0].append(chips)
+    return scores if all(scores) else None
 
 
-def spreads(done: list[dict[str, Any]]) -> dict[str, dict[str, float | None]]:
-    """Val, test, peak GB and objective over the seeds that completed."""
-    def values(key: str) -> list[float]:
-        return [r[key] for r in done if r[key] is not None and math.isfinite(r[key])]
-
-    return {key: spread(values(key)) for key in ("val_miou", "test_miou", "peak_gb", "objective")}
+def baseline_scores(entry: dict[str, Any]) -> Scores:
+    return [[{chip: np.asarray(m) for chip, m in seed.items()} for seed in fold] for fold in entry["folds"]]
 
 
-def aggregate(confirm_rows: list[dict[str, Any]], search_rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per candidate: its search score next to validation and test over the seeds that completed."""
-    by_id = {r["trial_id"]: r for r in search_rows}
-    summary = []
-    for rank in sorted({r["rank"] for r in confirm_rows if r["role"] == CANDIDATE}):
-        runs = [r for r in confirm_rows if r["rank"] == rank and r["role"] == CANDIDATE]
-        done = [r for r in runs if r["status"] == STATUS_COMPLETED and r["test_miou"] is not None]
-        source = by_id[runs[0]["source_trial_id"]]
-        summary.append({
-            "rank": rank, "source_trial_id": source["trial_id"], "backbone": source["backbone"],
-            **{name: source[name] for name in searched_knobs()}, "learning_rate": source["learning_rate"],
-            "batch_size": source["batch_size"], "search_val_miou": source["val_miou"],
-            "search_objective": source["objective"], "runs": len(runs), "completed": len(done),
-            "seeds": [r["seed"] for r in done], **spreads(done),
-        })
-    return summary
+def method_entry(name: str, kind: str, scores: Scores, detail: dict[str, Any]) -> dict[str, Any]:
+    return {"name": name, "kind": kind, **detail, "test_miou": method_interval(scores).as_dict(),
+            "per_chip": per_chip_miou(scores)}
 
 
-def reference_summary(confirm_rows: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """The tier-0 CNN over its seeds (val, test, peak GB), or None when it did not train."""
-    runs = [r for r in confirm_rows if r["role"] == REFERENCE]
-    if not runs:
-        return None
-    done = [r for r in runs if r["status"] == STATUS_COMPLETED and r["test_miou"] is not None]
-    return {"backbone": REFERENCE_BACKBONE, "learning_rate": runs[0]["learning_rate"],
-            "batch_size": runs[0]["batch_size"], "runs": len(runs), "completed": len(done),
-            "seeds": [r["seed"] for r in done], **spreads(done)}
-
-
+def held_out_summary(confirm_rows: list[dict[str, Any]], baselines: dict[str, dict], folds: int) -> dict[str, Any]:
+    """Per method (the trained ones and every baseline): pooled test mIoU with its 95% interval over folds and
+    each chip's own; per reference: the winner's paired lead and its verdict; the run's shapes."""
+    trained: dict[str, tuple[dict, Scores]] = {}
+    for role in (WINNER_ROLE, RUNNER_UP_ROLE, REFERENCE_ROLE):
+        scores = role_scores(confirm_rows, role, folds)
+        first = next((r for r in confirm_rows if r["role"] == role), None)
+        if scores is not None and first is not None:
+            detail = {"role": role, "backbone": first["backbone"], "source_trial_id": first["source_trial_id"],
+                      "learning_rate": first["learning_rate"], "batch_size": first["batch_size"]}
+            trained[role] = (method_entry(f"{ROLE_NAMES[role]} {first['backbone']}", role, scores, detail), scores)
+    others = {name: (method_entry(name, entry["kind"], baseline_scores(entry), {"detail": entry["detail"]}),
+                     baseline_scores(entry)) for name, entry in baselines.items()}
+    entries = [entry for entry, _ in [*trained.values(), *others.values()]]
+    comparisons = []
+    if WINNER_ROLE in trained:
+        mine = trained[WINNER_ROLE][1]
+        for entry, scores in [*(v for k, v in trained.items() if k != WINNER_ROLE), *others.values()]:
+            comparisons.append({"against": entry["name"], "kind": entry["kind"],
+                                "winner_test_miou": pooled_miou(mine), "other_test_miou": pooled_miou(scores),
+                                "lead": paired_lead(mine, scores).as_dict()})
+    chips = sorted({chip for e in entries for chip in e["per_chip"]})
+    seeds = max((len(fold) for _, s in trained.values() for fold in s), default=1)
+    shapes = Shapes(folds=folds, chips_per_fold=max(1, round(len(chips) / max(folds, 1))), seeds=seeds)
+    return {"methods": entries, "comparisons": comparisons, "chips": chips, "shapes": shapes.__dict__}

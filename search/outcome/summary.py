@@ -1,8 +1,9 @@
 """What a run found, in two forms: summary.json (read by `search report` and by people) and the closing lines.
 
-Both say: the best trial, how it compares with the baselines and the reference CNN on validation
-and test against the run's measured noise (search/outcome/verdict.py), the held-out figures, the chips
-that were skipped, and where the wall time went.
+Both say: the best trial and whether it cleared the accuracy floor; on the held-out folds, every
+method's pooled test mIoU with its 95% interval and the winner's paired lead over each reference
+(search/outcome/verdict.py); the false-positive rate and power of that test at the run's shapes;
+the chips that were skipped; where the wall time went.
 """
 
 from __future__ import annotations
@@ -14,9 +15,14 @@ from pathlib import Path
 from typing import Any
 
 from search.data.tiles import PreparedData
+from search.outcome.comparison import Shapes, false_positive_rate, simulation_error
+from search.outcome.results import summary_table
+from search.outcome.verdict import floor_line, no_winner_line, verdict_lines
 from search.plan.schema import Space
 
 RANDOM_INIT = "random init"
+SIMULATED_RUNS = 1000  # A/A and A/B comparisons simulated at the run's shapes (about 3 s)
+KNOWN_LEAD = 0.05  # the lead whose detection rate is reported as power
 
 
 def weights_of(space: Space) -> dict[str, str]:
@@ -32,11 +38,10 @@ class RunOutcome:
     rows: list[dict]
     best: dict | None
     front: list[dict]
-    confirmation: list[dict]  # one row per (retrained configuration, seed)
-    held_out: list[dict]  # per retrained top-k configuration: val / test spreads over seeds
-    reference: dict | None  # the tier-0 CNN over seeds
-    baselines: list[dict]  # search/outcome/baselines.py, on the same val/test tiles
-    comparisons: list[dict]  # search/outcome/verdict.py
+    confirmation: list[dict]  # one row per (method, fold, seed) of the held-out stage
+    held_out: dict  # search/outcome/statistics.py: methods, comparisons, chips, shapes
+    baselines: list[dict]  # search/outcome/baselines.py, fitted on the search's training chips, scored on val
+    floor: dict | None  # {"val_miou", "source"}: the accuracy a trial had to reach to win
     utilisation: float
     concurrent: int
     timings: dict[str, float] = field(default_factory=dict)
@@ -45,17 +50,9 @@ class RunOutcome:
     def wall_seconds(self) -> float:
         return self.timings.get("search", 0.0)
 
-
-def outcome_of(out: Path, space: Space, prepared: PreparedData, rows: list[dict], best: dict | None,
-               front: list[dict], confirmation: list[dict], baselines: list[dict], utilisation: float,
-               concurrent: int, timings: dict[str, float]) -> RunOutcome:
-    from search.outcome.statistics import aggregate, reference_summary
-    from search.outcome.verdict import comparisons
-
-    held_out = aggregate(confirmation, rows)
-    reference = reference_summary(confirmation)
-    return RunOutcome(out, space, prepared, rows, best, front, confirmation, held_out, reference, baselines,
-                      comparisons(best, held_out, reference, baselines), utilisation, concurrent, timings)
+    @property
+    def cleared_floor(self) -> bool:
+        return self.best is not None and self.best.get("above_floor") is not False
 
 
 def trial_overheads(rows: list[dict]) -> dict[str, Any]:
@@ -72,55 +69,57 @@ def trial_overheads(rows: list[dict]) -> dict[str, Any]:
             "trials_in_reused_processes": len(warm)}
 
 
+def test_properties(held_out: dict) -> dict[str, Any] | None:
+    """The paired test's false-positive rate simulated at this run's folds, chips per fold and seeds (A/A:
+    search/outcome/comparison.py), and, per comparison, its power to see a KNOWN_LEAD at its own spread."""
+    if not held_out.get("comparisons"):
+        return None
+    shapes = Shapes(**held_out["shapes"])
+    return {"shapes": held_out["shapes"], "simulated_runs": SIMULATED_RUNS,
+            "false_positive_rate": false_positive_rate(shapes, runs=SIMULATED_RUNS),
+            "false_positive_rate_error": simulation_error(0.05, SIMULATED_RUNS),
+            f"power_at_lead_{KNOWN_LEAD}": {c["against"]: c["lead"][f"power_at_{KNOWN_LEAD}"]
+                                           for c in held_out["comparisons"]}}
+
+
 def summary_of(outcome: RunOutcome) -> dict[str, Any]:
     rows, best, space, prepared = outcome.rows, outcome.best, outcome.space, outcome.prepared
     return {
         "trials": len(rows), "statuses": {s: sum(r["status"] == s for r in rows) for s in {r["status"] for r in rows}},
         "objective": space.objective, "scheduler": space.training.scheduler, "weights": weights_of(space),
+        "memory_overhead_gb": space.memory.overhead_gb, "accuracy_floor": outcome.floor,
+        "cleared_floor": outcome.cleared_floor,
+        "answer": (best["trial_id"] if outcome.cleared_floor else (outcome.floor or {}).get("source")) if best else None,
         "best_trial": best["trial_id"] if best else None, "best_val_miou": best["val_miou"] if best else None,
         "best_objective": best["objective"] if best else None,
         "epochs": {"searched": best["epochs_run"] if best else None, "exported": space.training.epochs},
         "pareto_front": [r["trial_id"] for r in outcome.front],
-        "baselines": outcome.baselines, "reference_cnn": outcome.reference,
-        "comparisons": outcome.comparisons,
-        "splits": prepared.splits, "tiles": {s: len(t) for s, t in prepared.tiles.items()},
+        "baselines": outcome.baselines, "held_out": outcome.held_out,
+        "test_properties": test_properties(outcome.held_out),
+        "splits": prepared.splits, "folds": prepared.folds, "tiles": {s: len(t) for s, t in prepared.tiles.items()},
         "class_pixels": prepared.class_pixels, "bad_chips": prepared.bad_chips,
         "unlabelled_tiles_dropped": prepared.unlabelled_tiles,
         "slot_utilisation": outcome.utilisation, "concurrent_slots": outcome.concurrent,
         "wall_seconds": outcome.wall_seconds, "timings": outcome.timings, "trial_processes": trial_overheads(rows),
-        "held_out": outcome.held_out,
     }
 
 
-def write_summary(outcome: RunOutcome) -> None:
-    (outcome.out_dir / "summary.json").write_text(json.dumps(summary_of(outcome), indent=1, default=str))
+def write_summary(outcome: RunOutcome) -> dict[str, Any]:
+    summary = summary_of(outcome)
+    (outcome.out_dir / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
+    return summary
 
 
-def format_spread(stats: dict[str, float | None]) -> str:
-    """`mean ± std` (std from two runs on), the IQM where there were enough runs; a dash where none completed."""
-    if stats["mean"] is None:
-        return "–"
-    text = f"{stats['mean']:.4f}" + (f" ± {stats['std']:.4f}" if stats["std"] is not None else " (1 run)")
-    return text + (f" (IQM {stats['iqm']:.4f})" if stats["iqm"] is not None else "")
-
-
-def held_out_lines(summary: list[dict], reference: dict | None = None) -> list[str]:
-    """The top-k retrained: search val mIoU, then val and test mean ± std over the seeds."""
-    if not summary:
+def held_out_lines(held_out: dict) -> list[str]:
+    """Every method's pooled test mIoU over the folds, with its 95% interval."""
+    if not held_out.get("methods"):
         return []
-    lines = ["", "held-out test (top configurations retrained; mean ± std over seeds):"]
-    for entry in summary:
-        val, test = entry["val_miou"], entry["test_miou"]
-        if not entry["completed"]:
-            lines.append(f"  #{entry['rank']} {entry['backbone']}: no seed completed")
-            continue
-        lines.append(f"  #{entry['rank']} {entry['backbone']} ({entry['source_trial_id']}): search val "
-                     f"{entry['search_val_miou']:.4f} | val {format_spread(val)} | "
-                     f"test {format_spread(test)} ({entry['completed']}/{entry['runs']} seeds)")
-    if reference is not None:
-        lines.append(f"  reference small CNN (U-Net, lr {reference['learning_rate']:.1e}): val "
-                     f"{format_spread(reference['val_miou'])} | test {format_spread(reference['test_miou'])} "
-                     f"({reference['completed']}/{reference['runs']} seeds)")
+    shapes = held_out["shapes"]
+    lines = ["", f"held-out test ({shapes['folds']} folds, every chip tested once; pooled test mIoU, 95% CI):"]
+    for method in held_out["methods"]:
+        t = method["test_miou"]
+        span = "" if t["low"] is None else f" [{t['low']:.4f}, {t['high']:.4f}]"
+        lines.append(f"  {method['name']}: {t['estimate']:.4f}{span}")
     return lines
 
 
@@ -130,36 +129,45 @@ def timing_line(timings: dict[str, float]) -> str:
         f" (total {total:.1f} s)"
 
 
-def closing_lines(outcome: RunOutcome) -> list[str]:
-    """What `search run` prints at the end: trials, the winner against every reference, held-out, timings."""
-    from search.outcome.results import summary_table
-    from search.outcome.verdict import verdict_lines
-
+def winner_lines(outcome: RunOutcome, summary: dict[str, Any]) -> list[str]:
     best, out = outcome.best, outcome.out_dir
+    seen, epochs = best["epochs_run"], outcome.space.training.epochs
+    weights = weights_of(outcome.space)[best["backbone"]]
+    lines = [f"best: {best['backbone']} ({best['trial_id']}) val mIoU {best['val_miou']:.4f}, peak "
+             f"{best['peak_gb']:.4f} GB + {outcome.space.memory.overhead_gb:.3f} GB per-process overhead = "
+             f"{best['occupied_gb']:.4f} GB on its device; searched {seen} of {epochs} epochs, best.yaml trains "
+             f"{epochs} (weights: {weights})", f"best.yaml: {out / 'best.yaml'}"]
+    line = floor_line(outcome.floor, best)
+    lines += [line] if line else []
+    comparisons = outcome.held_out.get("comparisons") or []
+    if comparisons:
+        properties = summary["test_properties"]
+        lines += ["", "winner against every reference on the held-out folds (paired over folds; 'ahead'/'BEHIND' "
+                  f"only where the 95% CI excludes 0; false-positive rate simulated at these shapes "
+                  f"{properties['false_positive_rate']:.1%}):", *verdict_lines(comparisons)]
+    return lines
+
+
+def closing_lines(outcome: RunOutcome, summary: dict[str, Any]) -> list[str]:
+    """What `search run` prints at the end: trials, the winner against every reference, held-out, timings; when no
+    configuration cleared the floor, the last line says so."""
     lines = ["", summary_table(outcome.rows), ""]
     for bad in outcome.prepared.bad_chips:
         lines.append(f"skipped chip {bad['chip']}: {bad['reason']}")
-    if best is None:
+    if outcome.best is None:
         lines.append("no trial produced a score; no best.yaml written")
     else:
-        seen, epochs = best["epochs_run"], outcome.space.training.epochs
-        weights = weights_of(outcome.space)[best["backbone"]]
-        lines += [f"best: {best['backbone']} ({best['trial_id']}) val mIoU {best['val_miou']:.4f}, "
-                  f"{best['peak_gb']:.4f} GB; searched {seen} of {epochs} epochs, best.yaml trains {epochs} "
-                  f"(weights: {weights})", f"best.yaml: {out / 'best.yaml'}"]
-        if outcome.comparisons:
-            noise = "noise: the combined seed-to-seed std of the two compared"
-            lines += ["", f"winner against every reference (held-out means over seeds where retrained; {noise}):",
-                      *verdict_lines(outcome.comparisons)]
-    lines += held_out_lines(outcome.held_out, outcome.reference)
+        lines += winner_lines(outcome, summary)
+    lines += held_out_lines(outcome.held_out)
     overheads = trial_overheads(outcome.rows)
     lines.append(f"slot utilisation: {outcome.utilisation:.1%} of {outcome.concurrent} slot(s) x "
                  f"{outcome.wall_seconds:.0f} s search spent training; {overheads['processes']} trial process(es), "
                  f"median overhead per trial {_seconds(overheads['median_overhead_s_reused_process'])} reused, "
                  f"{_seconds(overheads['median_overhead_s_fresh_process'])} fresh")
     lines.append(timing_line(outcome.timings))
-    lines.append(f"results: {out / 'results.parquet'}")
-    return lines
+    lines.append(f"results: {outcome.out_dir / 'results.parquet'}")
+    last = no_winner_line(outcome.floor, outcome.cleared_floor) if outcome.best is not None else None
+    return lines + ([last] if last else [])
 
 
 def _seconds(value: float | None) -> str:

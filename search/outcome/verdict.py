@@ -1,104 +1,44 @@
-"""Does the winner mean something? Its lead over the runner-up and every baseline, against the run's own noise.
+"""Does the winner mean something? Its paired test lead over every reference, and whether it cleared the floor.
 
-Noise is measured, not assumed: the held-out stage retrains each configuration over several seeds,
-and its seed-to-seed standard deviation is how much a score moves when nothing but the seed
-changes. The noise of a comparison is the combined spread of the two things compared,
-sqrt(std_winner² + std_other²): a deterministic baseline (a constant, a threshold, a fitted
-classifier) adds none, the runner-up and the reference CNN add their own. A lead counts as real
-when it is larger than that. The run's noise floor (the largest seed-to-seed std of any retrained
-configuration) is reported beside it. Without a held-out stage (or with one seed) the run has not
-measured its noise, and says so.
-
-The winner's figures are its held-out means over seeds where they exist (validation and test),
-else its search validation score; baselines are scored on the same tiles (search/outcome/baselines.py).
+The leads and their 95% intervals come from the held-out folds (search/outcome/comparison.py): "ahead" or
+"BEHIND" only where the interval excludes zero. The floor is the accuracy a trial had to reach on the
+search's validation split to be allowed to win: `objective.min_val_miou`, by default the best non-deep
+baseline there (search/outcome/baselines.py: accuracy_floor).
 """
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 
-def noise_floor(held_out: list[dict[str, Any]], reference: dict[str, Any] | None) -> dict[str, float | None]:
-    entries = [*held_out, *([reference] if reference else [])]
-    floor = {}
-    for split in ("val", "test"):
-        stds = [e[f"{split}_miou"]["std"] for e in entries if e[f"{split}_miou"]["std"] is not None]
-        floor[split] = max(stds) if stds else None
-    return floor
+def floor_line(floor: dict[str, Any] | None, best: dict[str, Any] | None) -> str | None:
+    if floor is None or best is None:
+        return None
+    cleared = best["val_miou"] is not None and best["val_miou"] >= floor["val_miou"]
+    return (f"accuracy floor: val mIoU {floor['val_miou']:.4f} ({floor['source']}); winner val "
+            f"{best['val_miou']:.4f}: {'cleared' if cleared else 'NOT cleared'}")
 
 
-Score = dict[str, tuple[float, float | None] | None]  # split → (mean, seed std or None), None: not scored
+def no_winner_line(floor: dict[str, Any] | None, cleared: bool) -> str | None:
+    """The run's last word when no configuration reached the floor: which baseline is the better answer."""
+    if cleared or floor is None:
+        return None
+    return (f"no configuration cleared the accuracy floor (val mIoU {floor['val_miou']:.4f}): "
+            f"{floor['source']} is the better answer on these chips; best.yaml is the best below it, for reference")
 
 
-def scored(entry: dict[str, Any]) -> Score:
-    return {split: (entry[f"{split}_miou"]["mean"], entry[f"{split}_miou"]["std"])
-            if entry[f"{split}_miou"]["mean"] is not None else None for split in ("val", "test")}
+def lead_text(comparison: dict[str, Any]) -> str:
+    lead = comparison["lead"]
+    if lead["low"] is None:
+        interval = "no interval (one fold and one seed)"
+    else:
+        power = lead.get("power_at_0.05")
+        interval = (f"95% CI [{lead['low']:+.4f}, {lead['high']:+.4f}] over {lead['n']} {lead['units']}"
+                    + (f" (power at a 0.05 lead {power:.0%})" if power is not None else ""))
+    return (f"test {comparison['winner_test_miou']:.4f} vs {comparison['other_test_miou']:.4f}, "
+            f"lead {lead['estimate']:+.4f} {interval}: {lead['verdict']}")
 
 
-def winner_scores(best: dict[str, Any], held_out: list[dict[str, Any]]) -> Score:
-    first = next((e for e in held_out if e["rank"] == 1 and e["completed"]), None)
-    return scored(first) if first is not None else {"val": (best["val_miou"], None), "test": None}
-
-
-def references(held_out: list[dict[str, Any]], reference: dict[str, Any] | None,
-               baselines: list[dict[str, Any]]) -> list[tuple[str, str, Score]]:
-    """(name, kind, scores) of everything the winner is measured against; baselines have no seed spread."""
-    out = []
-    runner_up = next((e for e in held_out if e["rank"] == 2 and e["completed"]), None)
-    if runner_up is not None:
-        out.append((f"runner-up {runner_up['backbone']} ({runner_up['source_trial_id']})", "runner_up",
-                    scored(runner_up)))
-    if reference is not None and reference["completed"]:
-        out.append(("small CNN (tier-0 U-Net)", "cnn", scored(reference)))
-    for b in baselines:
-        out.append((b["name"], b["kind"], {split: None if b[f"{split}_miou"] is None else (b[f"{split}_miou"], 0.0)
-                                           for split in ("val", "test")}))
-    return out
-
-
-def combined(mine: float | None, theirs: float | None) -> float | None:
-    return None if mine is None or theirs is None else math.hypot(mine, theirs)
-
-
-def comparisons(best: dict[str, Any] | None, held_out: list[dict[str, Any]], reference: dict[str, Any] | None,
-                baselines: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One entry per (reference, split): the winner's score, the other's, the lead and whether it beats the noise."""
-    if best is None:
-        return []
-    mine, floor = winner_scores(best, held_out), noise_floor(held_out, reference)
-    rows = []
-    for name, kind, theirs in references(held_out, reference, baselines):
-        for split in ("val", "test"):
-            if mine[split] is None or theirs[split] is None:
-                continue
-            (m, m_std), (o, o_std) = mine[split], theirs[split]
-            noise = combined(m_std, o_std)
-            rows.append({"against": name, "kind": kind, "split": split, "winner": m, "other": o, "lead": m - o,
-                         "noise": noise, "noise_floor": floor[split],
-                         "beyond_noise": None if noise is None else bool(m - o > noise),
-                         "verdict": verdict(m - o, noise)})
-    return rows
-
-
-def verdict(lead: float, noise: float | None) -> str:
-    """ahead / within noise / behind: the lead measured against the noise of the comparison."""
-    if noise is None:
-        return "ahead, noise not measured" if lead > 0 else "behind, noise not measured"
-    if lead > noise:
-        return "ahead beyond noise"
-    return "within noise" if lead >= -noise else "BEHIND beyond noise"
-
-
-def verdict_lines(rows: list[dict[str, Any]]) -> list[str]:
-    """One line per reference: the lead on val and test, and whether it exceeds the noise floor."""
-    lines = []
-    for name in dict.fromkeys(r["against"] for r in rows):
-        mine = [r for r in rows if r["against"] == name]
-        parts = []
-        for r in mine:
-            noise = "" if r["noise"] is None else f" {r['noise']:.4f}"
-            parts.append(f"{r['split']} {r['winner']:.4f} vs {r['other']:.4f} "
-                         f"({r['lead']:+.4f}: {r['verdict']}{noise})")
-        lines.append(f"  vs {name}: " + "; ".join(parts))
-    return lines
+def verdict_lines(comparisons: list[dict[str, Any]]) -> list[str]:
+    """One line per reference: pooled test mIoUs, the paired lead with its interval, the verdict."""
+    return [f"  vs {c['against']}: {lead_text(c)}" for c in comparisons]

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from em_backbones.catalog import get_spec
-from em_backbones.techniques.config import searched_knobs
+from em_backbones.techniques.config import knob_default, searched_knobs
 from search.plan.schema import Space
 
 
@@ -53,13 +53,16 @@ class DefineByRun:
         space = self.space
         tier = trial.suggest_categorical("tier", sorted(space.tiers))
         backbone = trial.suggest_categorical(backbone_param(tier), list(space.tiers[tier]))
-        for name, options in space.techniques.choices.items():
-            trial.suggest_categorical(name, list(options))
+        constants: dict[str, Any] = {"backbone": backbone, "trial_number": trial.number}
+        if tier == 0:  # the reference CNN takes no memory technique: its knobs stay at their defaults
+            constants.update({name: knob_default(name) for name in space.techniques.choices})
+        else:
+            for name, options in space.techniques.choices.items():
+                trial.suggest_categorical(name, list(options))
         trial.suggest_float("learning_rate", *space.training.learning_rate, log=True)
         trial.suggest_categorical("batch_size", list(space.training.batch_size))
-        constants: dict[str, Any] = {"backbone": backbone, "trial_number": trial.number}
         if space.resources.memory_budget_gb is not None:
-            predicted = predicted_peak_gb(space, backbone, trial.params)
+            predicted = predicted_peak_gb(space, backbone, {**trial.params, **constants})
             trial.set_constraint("predicted_gb_over_budget", predicted - space.resources.memory_budget_gb)
             constants["predicted_gb"] = predicted
         return constants

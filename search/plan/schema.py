@@ -8,9 +8,11 @@ choices, a fixed one a value. Imports no torch.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from em_backbones.sizing.device import CUDA_CONTEXT_BYTES
 from em_backbones.techniques.config import Techniques, knob_default, searched_knobs, technique_knobs
 from search.data.spec import DataSpec
 from search.plan.faults import Fault
@@ -31,11 +33,39 @@ class ResourceSpec:
 
 @dataclass(frozen=True)
 class EvaluationSpec:
-    """After the search: retrain the top-k configurations (and the reference CNN) over seeds, score on test."""
+    """After the search: k-fold cross-validation over chips of the winner, its runner-up, the reference CNN and
+    every baseline, each fitted on a fold's training chips and scored on its test chips (search/execution/held_out.py).
 
-    top_k: int = 3  # 0 = off
-    seeds: int = 3
-    reference_cnn: bool = True  # train the tier-0 U-Net beside them, same budget and seeds
+    5 folds by default: each chip is tested once, with 80% of the chips to train on (the search's own
+    train:val share), and 5 paired fold differences for the interval; fewer where there are fewer chips.
+    One seed per (method, fold) by default: the spread that decides a verdict is across folds (chips), which
+    seeds do not narrow; more seeds average training luck within each fold.
+    """
+
+    folds: int = 5  # 0 = off
+    seeds: int = 1  # per (method, fold); every (fold, seed) trains with its own seed
+    top_k: int | None = None  # an earlier version's field, read only as a switch: 0 turns the held-out stage off
+    reference_cnn: bool = True  # the tier-0 U-Net beside them: the best searched em_cnn trial, or one tuned on val
+
+
+@dataclass(frozen=True)
+class ObjectiveSpec:
+    """What ranks trials. `accuracy_per_gb`: val mIoU / (peak GB + memory.overhead_gb); `pareto`: (val mIoU, GB).
+
+    `min_val_miou`: a trial below it cannot win whatever its memory; None = the best non-deep baseline
+    (constants, thresholds, pixel classifier) on the same validation split, computed before the first trial.
+    """
+
+    name: str = "accuracy_per_gb"
+    min_val_miou: float | None = None
+
+
+@dataclass(frozen=True)
+class MemorySpec:
+    """`overhead_gb`: what every trial occupies beside its measured peak on its target device; the measured CUDA
+    context of one process (694 MiB, torch 2.11 + CUDA 13 on an H200: em_backbones/sizing/device.py)."""
+
+    overhead_gb: float = CUDA_CONTEXT_BYTES / 1e9
 
 
 @dataclass(frozen=True)
@@ -79,6 +109,8 @@ class Space:
     training: TrainingSpec = field(default_factory=TrainingSpec)
     decoder: DecoderSpec = field(default_factory=DecoderSpec)
     objective: str = "accuracy_per_gb"  # or "pareto": maximise val mIoU and minimise peak GB together
+    min_val_miou: float | None = None  # the accuracy floor (ObjectiveSpec); None: the best non-deep baseline
+    memory: MemorySpec = field(default_factory=MemorySpec)
     evaluation: EvaluationSpec = field(default_factory=EvaluationSpec)
     data: DataSpec = field(default_factory=DataSpec)
     resources: ResourceSpec = field(default_factory=ResourceSpec)
@@ -95,3 +127,6 @@ class Space:
         return [name for names in self.tiers.values() for name in names]
 
 
+def objective_value(val_miou: float, occupied_gb: float) -> float:
+    """Accuracy per GB: validation mIoU over what the trial occupies on its device (peak + memory.overhead_gb)."""
+    return val_miou / occupied_gb if occupied_gb > 0 and math.isfinite(val_miou) else float("nan")

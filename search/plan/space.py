@@ -24,6 +24,8 @@ from search.plan.schema import (
     SCHEDULERS,
     DecoderSpec,
     EvaluationSpec,
+    MemorySpec,
+    ObjectiveSpec,
     ResourceSpec,
     Space,
     TechniqueSpace,
@@ -34,7 +36,7 @@ from search.plan.schema import (
 BATCHNORM_POOLING_DECODERS = ("UperNetDecoder",)
 
 TOP_KEYS = {"name", "scale", "objective", "tiers", "techniques", "training", "decoder", "data", "resources",
-            "evaluation", "faults", "weights", "base"}
+            "evaluation", "faults", "weights", "base", "memory"}
 FAULT_KEYS = {"trial", "kind", "epoch"}
 
 
@@ -58,10 +60,13 @@ def parse_space(raw: Any, source: str = "<space>") -> Space:
         c.fail("training.batch_size", f"sizes >= 2 with decoder.name {decoder_spec.name} (its pyramid pooling "
                "normalises a 1x1 map with BatchNorm, which cannot train on a batch of one)", list(training.batch_size))
     data = parse_data(c, c.section(raw, "data", DataSpec.__dataclass_fields__), [n for t in tiers.values() for n in t])
+    objective, floor = parse_objective(c, raw.get("objective", ObjectiveSpec.name))
     return Space(
         name=str(raw.get("name", Path(source).stem)),
         scale=c.one_of(raw.get("scale", "tiny"), "scale", ("tiny", "full")),
-        objective=c.one_of(raw.get("objective", "accuracy_per_gb"), "objective", OBJECTIVES),
+        objective=objective,
+        min_val_miou=floor,
+        memory=parse_memory(c, c.section(raw, "memory", MemorySpec.__dataclass_fields__)),
         tiers=tiers,
         techniques=parse_techniques(c, c.section(raw, "techniques", technique_knobs())),
         training=training,
@@ -106,7 +111,7 @@ def parse_tiers(c: FieldChecker, raw: Any) -> dict[int, tuple[str, ...]]:
     tiers: dict[int, tuple[str, ...]] = {}
     for tier, names in raw.items():
         if tier not in SEARCHED_TIERS:
-            c.fail(f"tiers.{tier}", "tier 1, 2 or 3", tier)
+            c.fail(f"tiers.{tier}", "tier 0 (the reference CNN), 1, 2 or 3", tier)
         if not isinstance(names, list) or not names:
             c.fail(f"tiers.{tier}", "a non-empty list of backbone names", names)
         for name in names:
@@ -179,9 +184,9 @@ def parse_data(c: FieldChecker, raw: dict, backbones: list[str]) -> DataSpec:
             c.fail(f"data.modalities[{i}]", f"one of {sorted(MODALITY_BANDS)}", modality)
     c.integer(data.num_classes, "data.num_classes", 2)
     c.integer(data.tile_size, "data.tile_size", 1)
-    for key in ("val_fraction", "test_fraction"):
+    for key, low in (("val_fraction", 0.0), ("test_fraction", 0.0)):
         value = getattr(data, key)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value < 1:
             c.fail(f"data.{key}", "a number in [0, 1)", value)
     for key in ("val_chips", "test_chips"):
         chips = getattr(data, key)
@@ -220,9 +225,29 @@ def parse_evaluation(c: FieldChecker, raw: dict) -> EvaluationSpec:
     reference = raw.get("reference_cnn", EvaluationSpec.reference_cnn)
     if not isinstance(reference, bool):
         c.fail("evaluation.reference_cnn", "true or false", reference)
-    return EvaluationSpec(top_k=c.integer(raw.get("top_k", EvaluationSpec.top_k), "evaluation.top_k", 0),
-                          seeds=c.integer(raw.get("seeds", EvaluationSpec.seeds), "evaluation.seeds", 1),
+    folds = c.integer(raw.get("folds", EvaluationSpec.folds), "evaluation.folds", 0)
+    if "top_k" in raw and c.integer(raw["top_k"], "evaluation.top_k", 0) == 0:
+        folds = 0  # an earlier version's switch: top_k 0 turned the held-out stage off
+    if folds == 1:
+        c.fail("evaluation.folds", "0 (off) or at least 2 (every chip tested once, trained on the others)", folds)
+    return EvaluationSpec(folds=folds, seeds=c.integer(raw.get("seeds", EvaluationSpec.seeds), "evaluation.seeds", 1),
                           reference_cnn=reference)
+
+
+def parse_objective(c: FieldChecker, raw: Any) -> tuple[str, float | None]:
+    """`objective: accuracy_per_gb` (or `pareto`), or `objective: {name: ..., min_val_miou: 0.8}`."""
+    if not isinstance(raw, dict):
+        return c.one_of(raw, "objective", OBJECTIVES), None
+    c.no_unknown(raw, set(ObjectiveSpec.__dataclass_fields__), "objective.")
+    floor = raw.get("min_val_miou")
+    if floor is not None and (isinstance(floor, bool) or not isinstance(floor, (int, float)) or not 0 <= floor <= 1):
+        c.fail("objective.min_val_miou", "a validation mIoU in [0, 1], or null (the best non-deep baseline's)", floor)
+    return c.one_of(raw.get("name", ObjectiveSpec.name), "objective.name", OBJECTIVES), floor
+
+
+def parse_memory(c: FieldChecker, raw: dict) -> MemorySpec:
+    overhead = raw.get("overhead_gb", MemorySpec.overhead_gb)
+    return MemorySpec(overhead_gb=c.number(overhead, "memory.overhead_gb", 0.0))
 
 
 def parse_faults(c: FieldChecker, raw: Any, epochs: int) -> tuple[Fault, ...]:

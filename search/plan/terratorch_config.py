@@ -12,6 +12,7 @@ from typing import Any
 
 from em_backbones import PLUGIN_DIR
 from em_backbones.catalog import get_spec
+from search.data.base_config import trial_config
 from search.data.datamodule import datamodule_init_args
 from search.data.tiles import IGNORE_INDEX, PreparedData
 from search.plan.schema import Space
@@ -63,10 +64,8 @@ def model_init_args(space: Space, params: dict[str, Any], num_classes: int, moda
 def terratorch_config(space: Space, params: dict[str, Any], prepared: PreparedData) -> dict[str, Any]:
     """The complete LightningCLI config for one set of sampled parameters (and its seed, if it has one):
     the user's base config with the searched parts replaced, or one of this project's own."""
-    seed = params.get("seed")
+    seed, fold = params.get("seed"), params.get("fold")
     if prepared.base is not None:
-        from search.data.base_config import trial_config
-
         return trial_config(prepared.base, backbone_model_args(space, params, prepared.modalities, prepared.tile_size),
                             params["learning_rate"], params["batch_size"], seed, str(PLUGIN_DIR),
                             get_spec(params["backbone"]).decoder)
@@ -83,10 +82,12 @@ def terratorch_config(space: Space, params: dict[str, Any], prepared: PreparedDa
             "num_sanity_val_steps": 0,
             "log_every_n_steps": 1,
             "gradient_clip_val": 1.0,
+            # A held-out fold trains for its epochs and is scored once on its test chips: nothing to validate.
+            **({"limit_val_batches": 0} if fold is not None else {}),
         },
         "data": {
             "class_path": DATAMODULE_CLASS,
-            "init_args": datamodule_init_args(prepared, int(params["batch_size"])),
+            "init_args": datamodule_init_args(prepared, int(params["batch_size"]), fold),
         },
         "model": {
             "class_path": TASK_CLASS,

@@ -14,7 +14,6 @@ and data loaders are released and garbage-collected at the end.
 from __future__ import annotations
 
 import gc
-import math
 import os
 import time
 from typing import Any, Callable
@@ -26,16 +25,16 @@ import torch
 import yaml
 
 import em_backbones.registered  # noqa: F401  (registers the project's backbones in this process)
-from em_backbones.catalog import get_spec
 from em_backbones.sizing.memory import gigabytes
 from em_backbones.techniques.loading import release_heap
 from search.data.base_config import instantiate, with_absolute_data_paths
 from search.data.storage import materialise
 from search.data.tiles import PreparedData
 from search.plan.faults import cause_of
-from search.plan.schema import Space
+from search.plan.schema import Space, objective_value
 from search.plan.space import effective_space, parse_space
 from search.plan.terratorch_config import terratorch_config
+from search.training.chip_scores import ChipConfusion
 from search.training.fault_guard import FaultGuard
 from search.training.memory_meter import PeakMemoryMeter
 
@@ -53,8 +52,9 @@ TRIALS_IN_THIS_PROCESS = 0  # how many trials this process trained before the cu
 class EpochReporter(pl.Callback):
     """After each epoch's validation: report mIoU, peak GB and their ratio (plus where and how it ran)."""
 
-    def __init__(self, meter: PeakMemoryMeter, report: Report, constant: dict[str, Any]) -> None:
+    def __init__(self, meter: PeakMemoryMeter, report: Report, constant: dict[str, Any], overhead_gb: float) -> None:
         self.meter = meter
+        self.overhead_gb = overhead_gb  # what the trial occupies beside its peak on its device (memory.overhead_gb)
         self.report = report
         self.constant = constant  # reported with every epoch: seed, process facts, the prediction
         self.last: dict[str, Any] = {}  # the latest epoch's report, repeated with the test score
@@ -89,8 +89,9 @@ class EpochReporter(pl.Callback):
             "val_miou": miou,
             "train_loss": loss,
             "peak_gb": peak_gb,
+            "occupied_gb": peak_gb + self.overhead_gb,
             "memory_method": self.meter.method,
-            "objective": miou / peak_gb if peak_gb > 0 and math.isfinite(miou) else float("nan"),
+            "objective": objective_value(miou, peak_gb + self.overhead_gb),
             "train_seconds": time.monotonic() - self.started,
             "worker_node_ip": self.node_ip,
             "worker_node_ids": [node for node, _ in workers],
@@ -128,8 +129,6 @@ def predicted_gb(space: Space, params: dict[str, Any]) -> float | None:
     """The estimator's peak for this trial, unless the driver already predicted it (a memory budget)."""
     if params.get("predicted_gb") is not None:
         return float(params["predicted_gb"])
-    if not get_spec(params["backbone"]).estimated:
-        return None
     from search.plan.sampling import predicted_peak_gb
 
     return predicted_peak_gb(space, params["backbone"], params)
@@ -166,22 +165,25 @@ def train(loop_config: dict[str, Any], report: Report, distributed: bool = False
         # Any other datamodule (a base config's own) is used as written.
         config["data"]["class_path"] = SHARDABLE_DATAMODULE
     meter = PeakMemoryMeter()
-    constant = {**process_facts(cpus, import_seconds), "seed": config["seed_everything"],
+    constant = {**process_facts(cpus, import_seconds), "seed": config["seed_everything"], "fold": params.get("fold"),
                 "predicted_gb": predicted_gb(space, params)}
-    reporter = EpochReporter(meter, report, constant)
+    reporter = EpochReporter(meter, report, constant, space.memory.overhead_gb)
+    chips = ChipConfusion(prepared.num_classes)
     trainer = task = datamodule = None
     try:
         pl.seed_everything(config["seed_everything"], workers=True, verbose=False)
         datamodule = instantiate(config["data"])
         task = instantiate(config["model"])
-        trainer = trainer_for(config, [meter, reporter, FaultGuard(space.fault_for(params.get("trial_number")))],
+        trainer = trainer_for(config, [meter, reporter, chips, FaultGuard(space.fault_for(params.get("trial_number")))],
                               distributed)
         reporter.constant["setup_seconds"] = time.monotonic() - started
         trainer.fit(task, datamodule=datamodule)
         if params.get("evaluate_test"):
-            # Held-out evaluation (search/execution/held_out.py): one more report, the last epoch's plus the test mIoU.
+            # Held-out evaluation (search/execution/held_out.py): one more report, the last epoch's plus the test
+            # mIoU (TerraTorch's, pooled over the test chips) and each test chip's confusion matrix.
             trainer.test(task, datamodule=datamodule, verbose=False)
-            report({**reporter.last, "test_miou": float(trainer.callback_metrics.get(TEST_METRIC, float("nan")))})
+            report({**reporter.last, "test_miou": float(trainer.callback_metrics.get(TEST_METRIC, float("nan"))),
+                    "chip_confusion": chips.as_lists()})
     except Exception as err:  # noqa: BLE001 - every training error ends this trial, none the search
         if distributed:
             raise
