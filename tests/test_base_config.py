@@ -50,7 +50,7 @@ def flood_run(tmp_path_factory):
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(REPO)  # the example's data paths are relative to the repository root, as for `terratorch fit`
         return search_around("flood_base.yaml", tmp_path_factory, training={"num_samples": 2},
-                             evaluation={"top_k": 1, "seeds": 1})
+                             evaluation={"seeds": 2})
 
 
 def fast_dev_run(best_yaml) -> subprocess.CompletedProcess:
@@ -79,7 +79,11 @@ def test_trials_validate_and_baselines_score_on_the_datamodules_own_splits(flood
     assert len(rows) == 2 and all(r["val_miou"] > 0 for r in rows)
     summary = yaml.safe_load((outcome.out_dir / "summary.json").read_text())
     names = {b["name"] for b in summary["baselines"]}
-    assert "VV threshold (Otsu)" in names and not any("dB" in n for n in names)  # normalised: no fixed dB line
+    assert {"VV threshold (Otsu)", "VV threshold -13.45 dB"} <= names  # the copied batches are raw dB
+    # The held-out stage on the datamodule's own test split: one fold, every method over two seeds.
+    confirm = pq.read_table(outcome.out_dir / "confirm.parquet").to_pylist()
+    assert {r["fold"] for r in confirm} == {None} and len({r["seed"] for r in confirm if r["role"] == "winner"}) == 2
+    assert all(c["lead"]["units"] == "seeds" for c in summary["held_out"]["comparisons"])
     assert (outcome.out_dir / "report.html").read_text().count("flood-base") >= 1
 
 
@@ -98,7 +102,7 @@ def test_a_finished_base_config_run_resumes(flood_run):
 def test_terramesh_example_base_config_search_exports_a_config_terratorch_trains(tmp_path_factory, monkeypatch):
     monkeypatch.chdir(REPO)
     outcome, _ = search_around("terramesh_base.yaml", tmp_path_factory, training={"num_samples": 1},
-                               evaluation={"top_k": 0})
+                               evaluation={"folds": 0})
     base = yaml.safe_load((REPO / "spaces/base/terramesh_fit.yaml").read_text())
     best = yaml.safe_load((outcome.out_dir / "best.yaml").read_text())
     assert searched_parts_only(base, best) == []
@@ -125,3 +129,55 @@ def test_a_broken_base_config_fails_in_one_line_naming_the_key_and_leaves_no_run
     err = capsys.readouterr().err.strip().splitlines()
     assert code != 0 and len(err) == 1 and named in err[0] and str(tmp_path / "base.yaml") in err[0]
     assert not out.exists()
+
+
+@pytest.mark.parametrize("example, layout, modalities, classes, tile", [
+    ("flood_fit.yaml", "sen1floods11", ("S1GRD",), 2, 128), ("terramesh_fit.yaml", "terramesh", ("S1RTC", "S2L2A"), 10, 112)])
+def test_example_base_configs_split_by_the_blind_rule_and_normalise_from_training_chips_only(
+        example, layout, modalities, classes, tile, tmp_path):
+    """Their splits are what the stratified rule picks from class shares (seed 0, 20% validation and test), and
+    their means/stds are recomputed here from the training chips' valid pixels alone."""
+    import numpy as np
+    import rasterio
+
+    from search.data.chips import find_chips
+    from search.data.spec import DataSpec
+    from search.data.tiles import prepare, sample_root
+
+    base = yaml.safe_load((REPO / "spaces/base" / example).read_text())["data"]["init_args"]
+    prepared = prepare(DataSpec(None, layout, modalities, classes, tile, val_fraction=0.2, test_fraction=0.2),
+                       tmp_path, 0, warn=lambda line: None)
+    for split in ("train", "val", "test"):
+        assert (REPO / base[f"{split}_split"]).read_text().split() == prepared.splits[split], split
+    chips = {c.chip_id: c for c in find_chips(sample_root(layout), layout, list(modalities))}
+    for modality in modalities:
+        pixels = []
+        for chip in prepared.splits["train"]:
+            with rasterio.open(chips[chip].images[modality]) as src:
+                pixels.append(src.read().astype(np.float64).reshape(src.count, -1))
+        stacked = np.concatenate(pixels, axis=1)
+        assert base["means"][modality] == pytest.approx(np.nanmean(stacked, axis=1), abs=0.01)
+        assert base["stds"][modality] == pytest.approx(np.nanstd(stacked, axis=1), abs=0.01)
+
+
+def test_the_fixed_db_threshold_scores_the_same_chips_alike_in_base_and_layout_mode(tmp_path, monkeypatch):
+    """The copied batches of a base config are raw dB (TerraTorch normalises only with a trainer attached), so the
+    -13.45 dB baseline applies in both modes: on the same validation chips, uncropped, the same score."""
+    from search.data.base_config import load_base
+    from search.data.from_base import prepare_from_base
+    from search.data.spec import DataSpec
+    from search.data.tiles import prepare
+    from search.outcome.baselines import FIXED_VV_THRESHOLD_DB, search_baselines
+
+    monkeypatch.chdir(REPO)
+    config = yaml.safe_load((REPO / "spaces/base/flood_fit.yaml").read_text())
+    config["data"]["init_args"]["val_transform"] = [{"class_path": "albumentations.pytorch.transforms.ToTensorV2"}]
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump(config))
+    from_base = prepare_from_base(load_base(tmp_path / "base.yaml"), "base.yaml", tmp_path / "base", lambda line: None)
+    splits = {s: (REPO / config["data"]["init_args"][f"{s}_split"]).read_text().split() for s in ("val", "test")}
+    layout = prepare(DataSpec(None, "sen1floods11", ("S1GRD",), 2, 128, tuple(splits["val"]), tuple(splits["test"])),
+                     tmp_path / "layout", 0, warn=lambda line: None)
+    name = f"VV threshold {FIXED_VV_THRESHOLD_DB} dB"
+    scores = [{b.name: b for b in search_baselines(prepared, 0)}[name] for prepared in (from_base, layout)]
+    assert scores[0].val_miou == pytest.approx(scores[1].val_miou, abs=1e-9)
+    assert 0.3 < scores[0].val_miou < 1.0

@@ -11,7 +11,15 @@ import torch
 from torchmetrics.classification import MulticlassJaccardIndex
 
 from search.data.tiles import IGNORE_INDEX, PreparedData
-from search.outcome.baselines import FIXED_VV_THRESHOLD_DB, compute_baselines, confusion, mean_iou
+from search.outcome.baselines import (
+    FIXED_VV_THRESHOLD_DB,
+    PEEKING,
+    BaselineScore,
+    accuracy_floor,
+    fold_baselines,
+    search_baselines,
+)
+from search.outcome.metrics import confusion, mean_iou
 
 
 def torchmetrics_miou(pred: np.ndarray, target: np.ndarray, num_classes: int) -> float:
@@ -74,7 +82,7 @@ def test_each_baseline_scores_what_the_hand_made_tiles_say(tmp_path):
     tiles = {"t0": water_tile(-20, -8, 4), "t1": water_tile(-21, -9, 4),
              "v0": water_tile(-23, -6, 8), "s0": water_tile(-11, -3, 8)}
     prepared = write_tiles(tmp_path / "data", tiles, {"t0": "train", "t1": "train", "v0": "val", "s0": "test"})
-    scores = {b.name: b for b in compute_baselines(prepared, seed=0)}
+    scores = {b.name: b for b in search_baselines(prepared, seed=0)}
 
     # Majority of train is land (class 0): on val half the pixels are land → IoU_land 0.5, water absent from
     # the predictions but present in the labels → IoU 0; mIoU 0.25 on val and test alike.
@@ -97,5 +105,41 @@ def test_threshold_baselines_only_for_two_class_sar(tmp_path):
                            {"t0": "train", "v0": "val"})
     prepared.num_classes = 3
     prepared.class_pixels = {s: v + [0] for s, v in prepared.class_pixels.items()}
-    names = [b.name for b in compute_baselines(prepared, seed=0)]
-    assert names == ["majority (train)", "best constant (val)", "pixel classifier"]
+    names = [b.name for b in search_baselines(prepared, seed=0)]
+    assert names == ["majority (train)", PEEKING, "pixel classifier"]
+
+
+def test_the_floor_is_the_best_fair_baseline_never_the_one_that_peeked_at_validation():
+    scores = [BaselineScore("majority (train)", "constant", 0.30, None), BaselineScore(PEEKING, "constant", 0.95, None),
+              BaselineScore("pixel classifier", "pixel_classifier", 0.71, None),
+              BaselineScore("VV threshold (Otsu)", "failed", None, None)]
+    assert accuracy_floor(scores) == (0.71, "pixel classifier")
+    assert accuracy_floor([BaselineScore(PEEKING, "constant", 0.9, None)]) is None
+
+
+def test_fold_baselines_are_fitted_on_each_folds_training_chips_and_scored_per_test_chip(tmp_path):
+    # Two folds over four chips (tile ids `<chip>__...`): fold 0 tests chips a and b, fold 1 tests c and d.
+    # Chips a..d hold 4, 6, 8, 10 water rows of 16, water dark (-20 dB and below): the fixed threshold is perfect
+    # on every chip. Fold 0 trains on c and d, mostly water, so its majority constant is water, fitted on that
+    # fold's chips only (on a and b together land is the majority).
+    tiles = {f"{chip}__r0_c0": water_tile(-20 - i, -8, 4 + 2 * i) for i, chip in enumerate("abcd")}
+    prepared = write_tiles(tmp_path / "data", tiles, {tile: "train" for tile in tiles})
+    prepared.folds = [{"train": ["c", "d"], "test": ["a", "b"]}, {"train": ["a", "b"], "test": ["c", "d"]}]
+    (prepared.root / "splits").mkdir()
+    for k, fold in enumerate(prepared.folds):
+        for part in ("train", "test"):
+            prepared.split_file(f"fold{k}_{part}").write_text("".join(f"{c}__r0_c0\n" for c in fold[part]))
+    scores = fold_baselines(prepared, seed=0)
+    fixed = scores[f"VV threshold {FIXED_VV_THRESHOLD_DB} dB"]["folds"]
+    assert [sorted(fold[0]) for fold in fixed] == [["a", "b"], ["c", "d"]]  # one "seed", test chips only
+    for fold in fixed:
+        for chip, matrix in fold[0].items():
+            assert mean_iou(matrix) == pytest.approx(1.0) and matrix.sum() == 16 * 16
+    majority = scores["majority (train)"]["folds"]
+    assert matrix_is(majority[0][0]["a"], [[0, 12 * 16], [0, 4 * 16]])  # all water on a: 12 land rows missed
+    assert matrix_is(majority[1][0]["c"], [[8 * 16, 0], [8 * 16, 0]])  # fold 1 (trained on a, b): all land
+    assert PEEKING not in scores
+
+
+def matrix_is(matrix: np.ndarray, expected: list[list[int]]) -> bool:
+    return np.array_equal(np.asarray(matrix), np.asarray(expected))

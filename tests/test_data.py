@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
 import rasterio
 
+from search.data.chips import BadChip
 from search.data.datamodule import datamodule_init_args
 from search.data.spec import DataSpec
-from search.data.splits import split_chips
-from search.data.tiles import BadChip, DataError, PreparedData, prepare
+from search.data.splits import make_folds, split_chips
+from search.data.tiles import DataError, PreparedData, prepare
 from tests.conftest import TEST_CHIP, VAL_CHIP
 
 
@@ -62,34 +64,71 @@ def test_datamodule_reads_tiles_with_terratorch(real_chips, tmp_path):
 def test_split_by_seed_when_chips_are_not_named(real_chips, tmp_path):
     a = _prepare(real_chips, tmp_path / "a", val_chips=[], test_chips=[], seed=3)
     b = _prepare(real_chips, tmp_path / "b", val_chips=[], test_chips=[], seed=3)
-    assert a.splits == b.splits and len(a.splits["val"]) == 1 and len(a.splits["test"]) == 1
+    assert a.splits == b.splits and len(a.splits["val"]) == 1 and "test" not in a.splits  # nothing kept out
 
 
 def hist(*shares: float, pixels: int = 1000) -> np.ndarray:
     return np.array([round(s * pixels) for s in shares], dtype=np.int64)
 
 
+TEN_SHARES = [0.0, 0.0, 0.0, 0.02, 0.05, 0.3, 0.45, 0.5, 0.67, 0.9]
+
+
 def test_unnamed_validation_holds_several_chips_with_every_class_in_the_datas_proportions():
-    """Ten chips of a two-class task, water share 0..0.9: validation and test get two chips each, both classes,
-    water shares near the whole data's (0.29); a water-free or all-water validation would not rank anything."""
-    shares = [0.0, 0.0, 0.0, 0.02, 0.05, 0.3, 0.45, 0.5, 0.67, 0.9]
-    histograms = {f"chip{i}": hist(1 - w, w) for i, w in enumerate(shares)}
+    """Ten chips of a two-class task, water share 0..0.9: validation (and, when asked, chips kept out) get two chips
+    each, both classes, water shares near the whole data's (0.29); a water-free validation would rank nothing."""
+    histograms = {f"chip{i}": hist(1 - w, w) for i, w in enumerate(TEN_SHARES)}
     overall = sum(histograms.values())
+    assert [len(v) for v in split_chips(histograms, [], [], 0).values()] == [8, 2]  # train, val: nothing kept out
     for seed in range(5):
-        splits = split_chips(histograms, [], [], seed)
+        splits = split_chips(histograms, [], [], seed, test_fraction=0.2)
         assert [len(splits[s]) for s in ("train", "val", "test")] == [6, 2, 2]
         for split, chips in splits.items():
             total = sum(histograms[c] for c in chips)
             assert (total > 0).all(), (seed, split, chips)  # both classes in every split
             if split != "train":
                 assert abs(total[1] / total.sum() - overall[1] / overall.sum()) < 0.06, (seed, split, chips)
-    assert len({tuple(split_chips(histograms, [], [], seed)["val"]) for seed in range(5)}) > 1  # the seed matters
 
 
 def test_named_chips_stay_where_they_are_named_and_the_rest_is_chosen():
     histograms = {f"chip{i}": hist(0.5, 0.5) for i in range(6)}
-    splits = split_chips(histograms, ["chip3"], [], seed=0)
+    splits = split_chips(histograms, ["chip3"], [], seed=0, test_fraction=0.2)
     assert splits["val"] == ["chip3"] and len(splits["test"]) == 1 and "chip3" not in splits["train"]
+
+
+@pytest.mark.parametrize("folds", [2, 3, 5, 10, 20])
+def test_every_usable_chip_is_in_exactly_one_test_fold_and_every_fold_trains_on_every_class(folds):
+    histograms = {f"chip{i}": hist(1 - w, w) for i, w in enumerate(TEN_SHARES)}
+    made = make_folds(histograms, folds, seed=0)
+    k = min(folds, 10)
+    assert len(made) == k
+    tested = [chip for fold in made for chip in fold["test"]]
+    assert sorted(tested) == sorted(histograms) and len(tested) == len(set(tested))  # each chip once
+    assert {len(fold["test"]) for fold in made} <= {10 // k, -(-10 // k)}  # sizes differ by at most one
+    for fold in made:
+        assert set(fold["train"]) == set(histograms) - set(fold["test"])
+        assert (sum(histograms[c] for c in fold["train"]) > 0).all()  # water and land to learn from
+    assert make_folds(histograms, folds, seed=0) == made  # the seed decides, nothing else
+
+
+def test_folds_are_stratified_by_class_share_not_dealt_at_random():
+    """Of the seeded orders the rule scores, it keeps the one whose test folds' water shares are closest to the
+    whole data's: closer than a plain deal of the same chips in id order."""
+    histograms = {f"chip{i}": hist(1 - w, w) for i, w in enumerate(TEN_SHARES)}
+    overall = sum(histograms.values())
+
+    def distance(tests):
+        return sum(abs(sum(histograms[c] for c in test)[1] / sum(histograms[c] for c in test).sum()
+                       - overall[1] / overall.sum()) for test in tests)
+
+    chosen = [fold["test"] for fold in make_folds(histograms, 5, seed=0)]
+    in_id_order = [[f"chip{i}", f"chip{i + 1}"] for i in range(0, 10, 2)]
+    assert distance(chosen) < 0.5 * distance(in_id_order)
+
+
+def test_too_few_chips_for_folds_is_one_line():
+    with pytest.raises(DataError, match=r"^evaluation.folds: 1 usable chip\(s\) cannot be split into test folds"):
+        make_folds({"a": hist(0.5, 0.5)}, 5, seed=0)
 
 
 def test_a_split_that_ends_up_empty_is_one_line(real_chips, tmp_path):
@@ -202,12 +241,32 @@ def test_packaged_flood_sample_skips_its_two_unusable_chips(tmp_path):
 
     warnings: list[str] = []
     prepared = prepare(DataSpec(str(sample_root("sen1floods11")), "sen1floods11", ("S1GRD",), 2, 128),
-                       tmp_path / "data", 0, warn=warnings.append)
+                       tmp_path / "data", 0, folds=5, warn=warnings.append)
     assert sorted((b["chip"], b["reason"]) for b in prepared.bad_chips) == [
         ("Ghana_83483", "no labelled pixel (every label is -1/no data)"),
         ("Paraguay_34417", "every pixel is NaN/no-data")]
     assert len(warnings) == 2
     assert sum(len(v) for v in prepared.splits.values()) == 10
-    assert [len(prepared.splits[s]) for s in ("train", "val", "test")] == [6, 2, 2]
-    for split in ("train", "val", "test"):
-        assert all(v > 0 for v in prepared.class_pixels[split]), split  # water and land in every split
+    assert [len(prepared.splits[s]) for s in ("train", "val")] == [8, 2]
+    for split in ("train", "val"):
+        assert all(v > 0 for v in prepared.class_pixels[split]), split  # water and land in both
+    # The held-out folds: the ten usable chips, each tested once, two per fold.
+    assert sorted(c for fold in prepared.folds for c in fold["test"]) == sorted(prepared.chip_tiles)
+    assert [len(fold["test"]) for fold in prepared.folds] == [2] * 5
+
+
+def test_a_folds_datamodule_is_normalised_by_that_folds_training_chips_only(tmp_path):
+    from search.data.tiles import sample_root
+
+    prepared = prepare(DataSpec(str(sample_root("sen1floods11")), "sen1floods11", ("S1GRD",), 2, 128),
+                       tmp_path / "data", 0, folds=5, warn=lambda line: None)
+    for k, fold in enumerate(prepared.folds):
+        args = datamodule_init_args(prepared, 4, fold=k)
+        vv = []
+        for tile in Path(args["train_split"]).read_text().split():
+            assert tile.split("__")[0] in fold["train"]
+            with rasterio.open(prepared.modality_dir("S1GRD") / f"{tile}.tif") as src:
+                vv.append(src.read(1))
+        assert args["means"]["S1GRD"][0] == pytest.approx(float(np.nanmean(np.stack(vv))), abs=1e-3)
+        assert {t.split("__")[0] for t in Path(args["test_split"]).read_text().split()} == set(fold["test"])
+    assert len({tuple(datamodule_init_args(prepared, 4, fold=k)["means"]["S1GRD"]) for k in range(5)}) == 5

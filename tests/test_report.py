@@ -14,12 +14,12 @@ import yaml
 
 from benchmarks.asha import epochs_to_target
 from search.__main__ import main
-from search.execution.held_out import candidates
+from search.execution.held_out import methods
 from search.outcome.export import write_results
 from search.outcome.front import pareto_front, pick_on_front
 from search.outcome.report import asha_rungs, importances, write_report
-from search.outcome.results import CONFIRM_SCHEMA, SCHEMA, to_table
-from search.outcome.statistics import aggregate, reference_summary, spread
+from search.outcome.results import CONFIRM_SCHEMA, SCHEMA, best_row, ranked, to_table
+from search.outcome.statistics import held_out_summary
 from search.plan.space import parse_space
 from tests.conftest import small_space
 
@@ -56,50 +56,67 @@ def test_front_of_a_run_where_nothing_trained_is_empty():
     assert pareto_front(ROWS[5:]) == [] and pick_on_front([]) is None
 
 
-def test_candidates_are_the_top_k_by_accuracy_per_gb_with_their_parameters():
-    picks = candidates(ROWS, 2)
-    assert [(p["rank"], p["source_trial_id"]) for p in picks] == [(1, "t3"), (2, "t1")]
-    assert picks[0]["backbone"] == "em_prithvi" and picks[0]["learning_rate"] == 1e-3
-    assert picks[0]["trial_number"] is None  # a retraining never gets a search trial's injected fault
+def test_held_out_methods_are_the_winner_its_runner_up_and_the_best_cnn_trial_that_is_neither():
+    rows = [*ROWS, row("t7", 0.05, 0.2, backbone="em_cnn", tier=0), row("t8", 0.04, 0.2, backbone="em_cnn", tier=0)]
+    space = parse_space(small_space(None, tiers={0: ["em_cnn"], 2: ["em_prithvi"]}))
+    picks = methods(space, rows, best_row(rows))
+    assert [(p["role"], p["source_trial_id"]) for p in picks] == [("winner", "t3"), ("runner_up", "t1"),
+                                                                  ("reference", "t7")]
+    assert picks[0]["learning_rate"] == 1e-3 and picks[0]["backbone"] == "em_prithvi"
 
 
-def test_spread_is_mean_sample_std_and_iqm_from_four_runs():
-    values = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 10.0]
-    stats = spread(values)
-    assert stats["mean"] == pytest.approx(np.mean(values))
-    assert stats["std"] == pytest.approx(np.std(values, ddof=1))
-    assert stats["iqm"] == pytest.approx(np.mean([0.3, 0.4, 0.5, 0.6]))  # the middle half; the outlier is gone
-    three = spread([0.2, 0.4, 0.9])
-    assert three["iqm"] is None and three["std"] == pytest.approx(0.3605551, rel=1e-6)
-    assert spread([])["mean"] is None
-    # Defect: one run reported std 0.0; a standard deviation of one value is undefined.
-    assert spread([0.3]) == {"mean": 0.3, "std": None, "iqm": None, "n": 1}
+def test_a_light_trial_below_the_accuracy_floor_cannot_win():
+    """t3 has the best ratio (0.10 / 0.1 GB) but a validation mIoU below the floor: t1 (0.40 / 0.5 GB) wins; only
+    when no trial clears the floor does the best below it come first (and the run says so)."""
+    floored = [{**r, "above_floor": None if r["val_miou"] is None else r["val_miou"] >= 0.3} for r in ROWS]
+    assert best_row(ROWS)["trial_id"] == "t3"
+    assert best_row(floored)["trial_id"] == "t1"
+    assert [r["trial_id"] for r in ranked(floored)] == ["t1", "t0", "t2", "t4", "t3"]  # t3 last: below the floor
+    assert pick_on_front(pareto_front(floored))["trial_id"] == "t1"
+    nobody = [{**r, "above_floor": False if r["val_miou"] is not None else None} for r in ROWS]
+    assert best_row(nobody)["trial_id"] == "t3"
+
+
+def confusions(tp: int, fn: int, fp: int = 0, tn: int = 900) -> list[list[int]]:
+    return [[tn, fp], [fn, tp]]
+
+
+FOLD_CHIPS = (("a", "b"), ("c", "d"))
 
 
 def confirm_rows() -> list[dict]:
+    """Two folds of two chips, one seed: the winner finds 80-90 of each chip's 100 water pixels, the runner-up
+    50-60, the reference CNN 70; a failed run of the runner-up on fold 1 is kept beside its completed one."""
     rows = []
-    for rank, source, vals, tests in ((1, "t3", [0.10, 0.12, 0.14], [0.09, 0.10, 0.14]),
-                                      (2, "t1", [0.40, 0.38, None], [0.35, 0.33, None]),
-                                      (0, None, [0.08, 0.09, 0.10], [0.05, 0.06, 0.07])):
-        for seed, (val, test) in enumerate(zip(vals, tests)):
-            done = val is not None
-            rows.append({**row(f"c{rank}{seed}", val, 0.1 if done else None,
-                               status="completed" if done else "failed"),
-                         "rank": rank, "role": "reference" if rank == 0 else "candidate", "source_trial_id": source,
-                         "seed": seed, "test_miou": test})
+    for role, source, found in (("winner", "t3", (90, 80)), ("runner_up", "t1", (60, 50)), ("reference", "t7", (70, 70))):
+        for fold, chips in enumerate(FOLD_CHIPS):
+            chip_confusion = {chip: confusions(found[i], 100 - found[i]) for i, chip in enumerate(chips)}
+            rows.append({**row(f"c{len(rows)}", None, 0.1, backbone="em_cnn" if role == "reference" else "em_prithvi"),
+                         "role": role, "source_trial_id": source, "fold": fold, "seed": 1 + fold,
+                         "test_miou": 0.5, "chip_confusion": json.dumps(chip_confusion)})
+    rows.append({**rows[3], "trial_id": "failed", "status": "failed", "chip_confusion": None})
     return rows
 
 
-def test_aggregate_puts_search_val_next_to_retrained_val_and_test():
-    summary = aggregate(confirm_rows(), ROWS)
-    first, second = summary
-    assert (first["rank"], first["source_trial_id"], first["search_val_miou"]) == (1, "t3", 0.10)
-    assert first["completed"] == 3 and first["seeds"] == [0, 1, 2]
-    assert first["val_miou"]["mean"] == pytest.approx(0.12) and first["test_miou"]["mean"] == pytest.approx(0.11)
-    assert first["test_miou"]["std"] == pytest.approx(np.std([0.09, 0.10, 0.14], ddof=1))
-    assert second["runs"] == 3 and second["completed"] == 2  # a failed seed is counted, not averaged
-    reference = reference_summary(confirm_rows())
-    assert reference["completed"] == 3 and reference["test_miou"]["mean"] == pytest.approx(0.06)
+def baseline_folds() -> dict:
+    return {"pixel classifier": {"kind": "pixel_classifier", "detail": "y",
+                                 "folds": [[{c: confusions(75, 25) for c in chips}] for chips in FOLD_CHIPS]}}
+
+
+def test_held_out_summary_scores_every_method_per_chip_and_leads_on_the_same_chips():
+    summary = held_out_summary(confirm_rows(), baseline_folds(), folds=2)
+    by_name = {m["name"]: m for m in summary["methods"]}
+    assert list(by_name) == ["winner em_prithvi", "runner-up em_prithvi", "small CNN (tier-0 U-Net) em_cnn",
+                             "pixel classifier"]
+    winner = by_name["winner em_prithvi"]
+    iou = {found: (found / 100 + 900 / (900 + 100 - found)) / 2 for found in (90, 80, 75)}  # water IoU, land IoU
+    assert winner["per_chip"]["a"] == pytest.approx(iou[90]) and winner["per_chip"]["d"] == pytest.approx(iou[80])
+    assert summary["chips"] == ["a", "b", "c", "d"] and summary["shapes"]["folds"] == 2
+    leads = {c["against"]: c for c in summary["comparisons"]}
+    assert set(leads) == {"runner-up em_prithvi", "small CNN (tier-0 U-Net) em_cnn", "pixel classifier"}
+    pixel = leads["pixel classifier"]
+    assert pixel["lead"]["estimate"] == pytest.approx(pixel["winner_test_miou"] - pixel["other_test_miou"])
+    assert pixel["lead"]["n"] == 2 and pixel["lead"]["units"] == "folds"
 
 
 def test_compute_to_target_counts_trial_epochs_in_proposal_order():
@@ -127,18 +144,18 @@ def run_dir(tmp_path):
     import pyarrow as pa
 
     write_results(pa.Table.from_pylist(confirm_rows(), schema=CONFIRM_SCHEMA), tmp_path / "confirm.parquet")
-    from search.outcome.verdict import comparisons
-
-    held_out, reference = aggregate(confirm_rows(), ROWS), reference_summary(confirm_rows())
-    baselines = [{"name": "majority (train)", "kind": "constant", "val_miou": 0.05, "test_miou": 0.04, "detail": "x"},
-                 {"name": "pixel classifier", "kind": "pixel_classifier", "val_miou": 0.2, "test_miou": 0.15,
+    held_out = held_out_summary(confirm_rows(), baseline_folds(), folds=2)
+    baselines = [{"name": "majority (train)", "kind": "constant", "val_miou": 0.05, "test_miou": None, "detail": "x"},
+                 {"name": "pixel classifier", "kind": "pixel_classifier", "val_miou": 0.2, "test_miou": None,
                   "detail": "y"}]
     (tmp_path / "summary.json").write_text(json.dumps({
-        "best_trial": "t3", "wall_seconds": 120.0, "held_out": held_out, "reference_cnn": reference,
-        "baselines": baselines, "comparisons": comparisons(ROWS[3], held_out, reference, baselines),
+        "best_trial": "t3", "wall_seconds": 120.0, "held_out": held_out, "baselines": baselines,
+        "accuracy_floor": {"val_miou": 0.2, "source": "pixel classifier"}, "cleared_floor": False,
+        "test_properties": {"false_positive_rate": 0.047},
         "bad_chips": [{"chip": "Paraguay_34417", "file": "S1Hand/Paraguay_34417_S1Hand.tif",
-                       "reason": "every pixel is NaN/no-data"}], "splits": {"train": ["a"], "val": ["b"], "test": []},
-        "tiles": {"train": 4, "val": 4, "test": 0}, "class_pixels": {"train": [1, 2], "val": [3, 4], "test": [0, 0]},
+                       "reason": "every pixel is NaN/no-data"}], "splits": {"train": ["a"], "val": ["b"]},
+        "folds": [{"train": ["c", "d"], "test": ["a", "b"]}, {"train": ["a", "b"], "test": ["c", "d"]}],
+        "tiles": {"train": 4, "val": 4}, "class_pixels": {"train": [1, 2], "val": [3, 4]},
         "unlabelled_tiles_dropped": 2, "timings": {"search": 120.0}}))
     return tmp_path
 
@@ -156,14 +173,17 @@ def test_report_page_is_self_contained_and_states_the_findings(run_dir):
     assert [front_table.index(t) for t in ("t3", "t1", "t0")] == sorted(front_table.index(t) for t in ("t3", "t1", "t0"))
     assert "t2" not in front_table and "t4" not in front_table
     assert "nan_loss" in page and "over_memory_budget" in page
-    assert "0.1200 ± 0.0200" in page and "0.1100 ± 0.0265" in page  # rank 1: val and test over three seeds
     assert "No importances: no Optuna study to read" in page  # this directory has no journal
-    # The baselines, the reference CNN and the verdict against each; the skipped chip with its reason.
-    verdicts = page[page.index("Does the winner beat the baselines?"):page.index("Accuracy vs memory")]
-    assert "pixel classifier" in verdicts and "small CNN (tier-0 U-Net)" in verdicts
-    assert "ahead beyond noise" in verdicts  # 0.12 ± 0.02 against the majority's 0.05
-    assert "BEHIND beyond noise" in verdicts  # the pixel classifier's 0.2 val against the winner's 0.12 ± 0.02
+    # The floor not cleared, and which baseline is the better answer.
+    assert "No configuration cleared it: pixel classifier is the better answer on these chips" in page
+    # Every reference with its lead, interval and verdict; the chips with every method's score; the skipped chip.
+    verdicts = page[page.index("Does the winner beat the references?"):page.index("Accuracy vs memory")]
+    assert "pixel classifier" in verdicts and "small CNN (tier-0 U-Net)" in verdicts and "runner-up" in verdicts
+    assert "4.7% of runs" in verdicts
+    chips = page[page.index("Held-out test, chip by chip"):page.index("Baselines on the search")]
+    assert all(f">{chip}" in chips for chip in "abcd") and "<i>val</i>" in chips  # chip b was validated on
     assert "Paraguay_34417" in page and "every pixel is NaN/no-data" in page
+    assert "fold 1 test" in page
 
 
 def test_report_of_a_directory_without_a_run_is_a_one_line_error(tmp_path, capsys):
@@ -176,30 +196,34 @@ def test_report_of_a_directory_without_a_run_is_a_one_line_error(tmp_path, capsy
 def test_asha_bench_arms_differ_only_in_scheduler_and_skip_the_held_out_stage():
     from benchmarks.asha import arm_space
 
-    raw = small_space(None, **{"evaluation.top_k": 3})
+    raw = small_space(None, **{"evaluation.folds": 3})
     arms = {s: parse_space(arm_space(raw, s)) for s in ("asha", "fifo")}
     assert (arms["asha"].training.scheduler, arms["fifo"].training.scheduler) == ("asha", "fifo")
-    assert arms["asha"].evaluation.top_k == arms["fifo"].evaluation.top_k == 0
+    assert arms["asha"].evaluation.folds == arms["fifo"].evaluation.folds == 0
     assert arms["asha"].name == "test-asha" and arms["fifo"].name == "test-fifo"
     same = ("tiers", "techniques", "data")
     assert all(getattr(arms["asha"], f) == getattr(arms["fifo"], f) for f in same)
     training = ("seed", "num_samples", "epochs", "learning_rate")
     assert all(getattr(arms["asha"].training, f) == getattr(arms["fifo"].training, f) for f in training)
-    assert raw["evaluation"] == {"top_k": 3}  # the user's space is not changed
+    assert raw["evaluation"] == {"folds": 3}  # the user's space is not changed
 
 
-def test_held_out_lines_print_mean_std_and_iqm_per_candidate():
+def test_closing_lines_give_every_methods_interval_and_say_when_no_configuration_cleared_the_floor():
     from search.outcome.summary import held_out_lines
+    from search.outcome.verdict import floor_line, no_winner_line, verdict_lines
 
-    entry = {"rank": 1, "backbone": "em_clay", "source_trial_id": "t1", "search_val_miou": 0.07, "completed": 4,
-             "runs": 4, "val_miou": {"mean": 0.065, "std": 0.004, "iqm": 0.0645},
-             "test_miou": {"mean": 0.042, "std": 0.06, "iqm": None}}
-    failed = {**entry, "rank": 2, "backbone": "em_prithvi", "completed": 0}
-    lines = held_out_lines([entry, failed])
-    assert lines[2] == ("  #1 em_clay (t1): search val 0.0700 | val 0.0650 ± 0.0040 (IQM 0.0645) | "
-                        "test 0.0420 ± 0.0600 (4/4 seeds)")
-    assert lines[3] == "  #2 em_prithvi: no seed completed"
-    assert held_out_lines([]) == []
+    held_out = held_out_summary(confirm_rows(), baseline_folds(), folds=2)
+    lines = held_out_lines(held_out)
+    assert lines[1].startswith("held-out test (2 folds, every chip tested once")
+    assert lines[2].startswith("  winner em_prithvi: 0.") and ", pooled 0." in lines[2]
+    assert held_out_lines({}) == []
+    verdicts = verdict_lines(held_out["comparisons"])
+    assert all("lead" in v and ("95% CI [" in v) for v in verdicts)
+    floor = {"val_miou": 0.2, "source": "pixel classifier"}
+    assert floor_line(floor, ROWS[3]).endswith("winner val 0.1000: NOT cleared")
+    assert no_winner_line(floor, cleared=False).startswith("no configuration cleared the accuracy floor (val mIoU "
+                                                           "0.2000): pixel classifier is the better answer")
+    assert no_winner_line(floor, cleared=True) is None
 
 
 def test_importances_leave_out_infeasible_trials_that_never_trained(tmp_path):
@@ -226,24 +250,3 @@ def test_importances_leave_out_infeasible_trials_that_never_trained(tmp_path):
     scores, note = importances(space, tmp_path)
     assert note is None and "quantization_bits" not in scores["val mIoU per GB"]
     assert max(scores["val mIoU per GB"], key=scores["val mIoU per GB"].get) == "learning_rate"
-
-
-def test_verdicts_weigh_each_lead_against_the_noise_of_the_two_compared():
-    from search.outcome.verdict import comparisons, verdict
-
-    assert verdict(0.05, 0.02) == "ahead beyond noise" and verdict(0.01, 0.02) == "within noise"
-    assert verdict(-0.01, 0.02) == "within noise" and verdict(-0.05, 0.02) == "BEHIND beyond noise"
-    held_out = aggregate(confirm_rows(), ROWS)
-    reference = reference_summary(confirm_rows())
-    rows = comparisons(ROWS[3], held_out, reference, [{"name": "t", "kind": "threshold", "val_miou": 0.1,
-                                                       "test_miou": None}])
-    by = {(r["against"], r["split"]): r for r in rows}
-    winner_val_std = np.std([0.10, 0.12, 0.14], ddof=1)
-    # A deterministic baseline adds no spread: the noise is the winner's own seed-to-seed std.
-    assert by[("t", "val")]["noise"] == pytest.approx(winner_val_std) and ("t", "test") not in by
-    # The reference CNN has its own spread: the two combine.
-    cnn_val_std = np.std([0.08, 0.09, 0.10], ddof=1)
-    assert by[("small CNN (tier-0 U-Net)", "val")]["noise"] == pytest.approx(np.hypot(winner_val_std, cnn_val_std))
-    assert by[("small CNN (tier-0 U-Net)", "val")]["lead"] == pytest.approx(0.12 - 0.09)
-    # The runner-up is the held-out rank 2, whatever its search rank.
-    assert by[("runner-up em_prithvi (t1)", "val")]["other"] == pytest.approx(0.39)

@@ -1,6 +1,6 @@
 """Warm trials: one Tune actor trains trial after trial, and nothing of one trial leaks into the next.
 
-A real Tune run (the held-out stage's Tuner, one slot) trains three configurations in one reused
+A real Tune run (the held-out stage's Tuner on one fold, one slot) trains three configurations in one reused
 process: small, big, small. The second small run must repeat the first bit for bit (same seed,
 same curve, same loss, same memory) although its process has since trained a model four times its
 size: no seed, thread setting, registry state or memory peak carries over.
@@ -14,16 +14,16 @@ import yaml
 
 from search.data.spec import DataSpec
 from search.data.tiles import prepare
-from search.execution.held_out import confirm_tuner, confirmation_rows
+from search.execution.held_out import held_out_rows, held_out_tuner
 from search.execution.trial import TrialResources, TrialSetup
 from search.plan.space import parse_space
 from tests.conftest import TEST_CHIP, VAL_CHIP, small_space
 
 
-def config(batch_size: int, rank: int) -> dict:
+def config(batch_size: int, order: int) -> dict:
     return {"tier": 2, "backbone": "em_prithvi", "quantization_bits": 16, "lora_rank": 0,
             "gradient_checkpointing": False, "learning_rate": 1e-3, "batch_size": batch_size, "predicted_gb": None,
-            "trial_number": None, "rank": rank, "role": "candidate", "source_trial_id": f"s{rank}"}
+            "trial_number": None, "role": "winner", "source_trial_id": f"s{order}"}
 
 
 @pytest.fixture(scope="module")
@@ -33,15 +33,15 @@ def sequence(real_chips, tmp_path_factory):
         "training.epochs": 2, "training.batch_size": [2, 8], "evaluation.seeds": 1})
     space = parse_space(raw, "space.yaml")
     prepared = prepare(DataSpec(str(real_chips), "terramesh", ("S1RTC", "S2L2A"), 10, 112, (VAL_CHIP,), (TEST_CHIP,)),
-                       tmp / "data", 0, warn=lambda line: None)
+                       tmp / "data", 0, folds=2, warn=lambda line: None)
     setup = TrialSetup(yaml.safe_dump(raw), "space.yaml", None, 0, str(prepared.root), str(tmp),
                        TrialResources(1, 1.0, 0.0))
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
-        grid = confirm_tuner(space, [config(2, 1), config(8, 2), config(2, 3)], setup, max_concurrent=1).fit()
+        grid = held_out_tuner(space, [config(2, 1), config(8, 2), config(2, 3)], [0], setup, max_concurrent=1).fit()
     finally:
         ray.shutdown()
-    return sorted(confirmation_rows(grid, space), key=lambda r: r["rank"])
+    return sorted(held_out_rows(grid, space), key=lambda r: r["source_trial_id"])
 
 
 def test_one_process_trains_every_trial_and_imports_once(sequence):
@@ -57,6 +57,7 @@ def test_same_seed_is_bit_identical_in_a_fresh_and_a_reused_process(sequence):
     fresh, _, reused = sequence
     assert reused["val_miou_per_epoch"] == fresh["val_miou_per_epoch"]
     assert reused["train_loss"] == fresh["train_loss"] and reused["test_miou"] == fresh["test_miou"]
+    assert reused["chip_confusion"] == fresh["chip_confusion"] is not None
 
 
 def test_each_trial_reports_its_own_peak_after_a_larger_one(sequence):

@@ -43,6 +43,11 @@ def baseline_marks(ax, baselines: list[dict]) -> float:
     return highest
 
 
+def occupied(row: dict) -> float:
+    """What a trial occupies on its device; a run from before the overhead was counted has its peak only."""
+    return row["occupied_gb"] if row.get("occupied_gb") is not None else row["peak_gb"]
+
+
 def accuracy_vs_memory(rows: list[dict], front: list[dict], best: dict | None, path: Path,
                        baselines: list[dict] = ()) -> Path:
     """Every scored trial against what it occupies on its device (peak + the per-process overhead); the front as
@@ -54,23 +59,23 @@ def accuracy_vs_memory(rows: list[dict], front: list[dict], best: dict | None, p
         for status, marker in (("completed", "o"), (STATUS_STOPPED, "^")):
             mine = [r for r in points if r["backbone"] == name and r["status"] == status]
             if mine:
-                ax.scatter([r["occupied_gb"] for r in mine], [r["val_miou"] for r in mine], color=colour, marker=marker,
+                ax.scatter([occupied(r) for r in mine], [r["val_miou"] for r in mine], color=colour, marker=marker,
                            s=45, alpha=0.85, label=f"{name} ({'stopped by ASHA' if status != 'completed' else status})")
     if front:
-        ax.step([r["occupied_gb"] for r in front], [r["val_miou"] for r in front], where="post", color="black", lw=1.2,
+        ax.step([occupied(r) for r in front], [r["val_miou"] for r in front], where="post", color="black", lw=1.2,
                 label="Pareto front")
-        ax.scatter([r["occupied_gb"] for r in front], [r["val_miou"] for r in front], s=140, facecolors="none",
+        ax.scatter([occupied(r) for r in front], [r["val_miou"] for r in front], s=140, facecolors="none",
                    edgecolors="black", lw=1.2)
     if best is not None:
-        xs = np.linspace(0, max(r["occupied_gb"] for r in points) * 1.05, 50)
+        xs = np.linspace(0, max(occupied(r) for r in points) * 1.05, 50)
         ax.plot(xs, best["objective"] * xs, ls=":", color="grey", lw=1, label="equal mIoU per GB as the best")
         ax.annotate(f"best mIoU/GB: {best['objective']:.3g}\n{best['backbone']} ({best['trial_id']})",
-                    (best["occupied_gb"], best["val_miou"]), xytext=(12, -28), textcoords="offset points", fontsize=9,
+                    (occupied(best), best["val_miou"]), xytext=(12, -28), textcoords="offset points", fontsize=9,
                     arrowprops={"arrowstyle": "->", "color": "black"})
     highest = baseline_marks(ax, list(baselines))
     if best is not None:
         ax.set_ylim(0, min(1.0, max(highest, *(r["val_miou"] for r in points)) * 1.15))
-        ax.set_xlim(0, max(r["occupied_gb"] for r in points) * 1.08)
+        ax.set_xlim(0, max(occupied(r) for r in points) * 1.08)
     ax.set_xlabel("GB occupied on its device: measured peak per worker + per-process overhead")
     ax.set_ylabel("validation mIoU")
     ax.set_title("Accuracy vs memory")
@@ -203,7 +208,7 @@ def held_out_chart(held_out: dict, path: Path) -> Path:
         ax.scatter(np.full(len(chips), i) + np.linspace(-0.2, 0.2, len(chips)), chips, s=10, color="black", zorder=3)
     ax.set_xticks(range(len(methods)), [m["name"] for m in methods], rotation=25, ha="right", fontsize=8)
     ax.set_ylim(0, 1)
-    ax.set_ylabel("test mIoU (bar: pooled; dots: chips)")
+    ax.set_ylabel("test mIoU (bar: mean of folds; dots: chips)")
     ax.set_title(f"Held-out test over {held_out['shapes']['folds']} folds (95% intervals)")
     ax.grid(axis="y", alpha=0.3)
     return save(fig, path)

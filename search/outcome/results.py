@@ -134,7 +134,7 @@ def epoch_curve(history) -> list[float]:
     for column in NOT_EPOCH_REPORTS:
         if column in history:
             history = history[history[column].isna()]
-    return [float(v) for v in history["val_miou"]]
+    return [_float(v) for v in history["val_miou"]]  # None where an epoch had no validation (a held-out fold)
 
 
 def trial_rows(result_grid, max_epochs: int, scale: str, budget_gb: float | None = None,

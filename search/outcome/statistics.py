@@ -1,4 +1,4 @@
-"""The held-out stage's figures: every method's pooled and per-chip test mIoU, and the winner's paired leads.
+"""The held-out stage's figures: every method's test mIoU (fold mean and pooled) and per chip, and the winner's leads.
 
 Pure functions over confirm.parquet's rows (one per method, fold and seed, each with its test
 chips' confusion matrices) and the baselines' per-fold confusions: no Ray, no torch. The tests
@@ -36,7 +36,7 @@ def baseline_scores(entry: dict[str, Any]) -> Scores:
 
 def method_entry(name: str, kind: str, scores: Scores, detail: dict[str, Any]) -> dict[str, Any]:
     return {"name": name, "kind": kind, **detail, "test_miou": method_interval(scores).as_dict(),
-            "per_chip": per_chip_miou(scores)}
+            "pooled_test_miou": pooled_miou(scores), "per_chip": per_chip_miou(scores)}
 
 
 def held_out_summary(confirm_rows: list[dict[str, Any]], baselines: dict[str, dict], folds: int) -> dict[str, Any]:
@@ -58,7 +58,8 @@ def held_out_summary(confirm_rows: list[dict[str, Any]], baselines: dict[str, di
         mine = trained[WINNER_ROLE][1]
         for entry, scores in [*(v for k, v in trained.items() if k != WINNER_ROLE), *others.values()]:
             comparisons.append({"against": entry["name"], "kind": entry["kind"],
-                                "winner_test_miou": pooled_miou(mine), "other_test_miou": pooled_miou(scores),
+                                "winner_test_miou": method_interval(mine).estimate,
+                                "other_test_miou": method_interval(scores).estimate,
                                 "lead": paired_lead(mine, scores).as_dict()})
     chips = sorted({chip for e in entries for chip in e["per_chip"]})
     seeds = max((len(fold) for _, s in trained.values() for fold in s), default=1)

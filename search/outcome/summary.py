@@ -115,11 +115,12 @@ def held_out_lines(held_out: dict) -> list[str]:
     if not held_out.get("methods"):
         return []
     shapes = held_out["shapes"]
-    lines = ["", f"held-out test ({shapes['folds']} folds, every chip tested once; pooled test mIoU, 95% CI):"]
+    lines = ["", f"held-out test ({shapes['folds']} folds, every chip tested once; test mIoU as the mean of fold "
+                 "scores with its 95% CI, and pooled over every chip):"]
     for method in held_out["methods"]:
         t = method["test_miou"]
         span = "" if t["low"] is None else f" [{t['low']:.4f}, {t['high']:.4f}]"
-        lines.append(f"  {method['name']}: {t['estimate']:.4f}{span}")
+        lines.append(f"  {method['name']}: {t['estimate']:.4f}{span}, pooled {method['pooled_test_miou']:.4f}")
     return lines
 
 
