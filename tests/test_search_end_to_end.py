@@ -146,10 +146,15 @@ def test_results_table_has_one_row_per_trial(finished_run):
         assert row["status"] == ("completed" if row["epochs_run"] == 2 else "stopped_early")
 
 
-def test_optuna_study_persisted_in_run_directory(finished_run):
+def test_optuna_study_persisted_in_run_directory_with_the_accuracy_floor_as_a_constraint(finished_run):
     study = load_study(finished_run.out_dir, "test")
     assert len(study.trials) == 4
-    assert {"tier", "backbone_tier2", "learning_rate"} <= set(study.trials[0].params)
+    assert {"tier", "learning_rate"} <= set(study.trials[0].params)
+    by_number = {r["trial_number"]: r for r in finished_run.rows}
+    floor = finished_run.floor["val_miou"]
+    for trial in study.trials:  # feasible (<= 0) exactly when the trial cleared the floor
+        row = by_number[trial.number]
+        assert trial.constraints["val_miou_below_floor"] == pytest.approx(floor - row["val_miou"])
 
 
 def test_mlflow_file_store_holds_one_run_per_trial_under_the_study(finished_run):
@@ -313,6 +318,7 @@ def test_every_chip_is_tested_once_per_method_and_chip_scores_match_terratorchs_
 def test_run_writes_its_report(finished_run):
     page = (finished_run.out_dir / "report.html").read_text()
     assert page.count('src="data:image/png;base64,') == 5  # scatter, by choice, importances, curves, held out
+    assert "No importances" not in page  # trials below the floor trained: fANOVA keeps them
     assert finished_run.best["trial_id"] in page and "Held-out test, chip by chip" in page
     for row in finished_run.rows:
         assert row["trial_id"] in page

@@ -155,3 +155,18 @@ def test_planning_side_imports_no_model_stack():
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-1000:]
     assert result.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_no_packaged_space_names_its_validation_or_test_chips_or_leaves_out_a_backbone_of_its_tier():
+    """Blind splits: the packaged spaces leave val/test to the stratified rule; the data-set spaces search every
+    tier-2 backbone and the tier-0 U-Net on equal footing (none chosen by how it scored)."""
+    from em_backbones.catalog import backbones_in_tier
+
+    for path in sorted((REPO / "spaces").glob("*.yaml")):
+        space = load_space(path)
+        assert not space.data.val_chips and not space.data.test_chips and not space.data.test_fraction, path.name
+        for tier, names in space.tiers.items():
+            if path.name in ("flood.yaml", "tier2.yaml"):
+                assert sorted(names) == sorted(backbones_in_tier(tier)), (path.name, tier)
+    for name in ("flood.yaml", "tier2.yaml"):
+        assert 0 in load_space(REPO / "spaces" / name).tiers

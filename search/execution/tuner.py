@@ -28,6 +28,7 @@ from search.plan.sampling import DefineByRun
 from search.plan.schema import Space
 
 METRIC = "objective"
+FLOOR_CONSTRAINT = "val_miou_below_floor"  # Optuna constraint: the accuracy floor minus the trial's val mIoU
 DRIVER_MEMORY_BYTES = 64 * 1024**2
 HEAD_NODE_RESOURCE = "node:__internal_head__"  # Ray's resource that only the head node has
 MODE = "max"
@@ -119,7 +120,7 @@ class FailureAwareOptunaSearch(OptunaSearch):
         if self.floor is not None and isinstance(miou, (int, float)) and math.isfinite(miou) \
                 and trial_id in self._ot_trials:
             # Feasible when <= 0: TPE keeps proposing near configurations that cleared it, as with the budget.
-            self._ot_trials[trial_id].set_constraint("val_miou_below_floor", self.floor - miou)
+            self._ot_trials[trial_id].set_constraint(FLOOR_CONSTRAINT, self.floor - miou)
         if result and result.get("infeasible"):
             # Never trained: no accuracy at its predicted memory; the trial's constraint marks it infeasible.
             result.update(val_miou=0.0, peak_gb=result["predicted_gb"])

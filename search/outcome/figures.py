@@ -15,6 +15,7 @@ from em_backbones.techniques.config import searched_knobs, technique_knobs
 from search.outcome.plotting import plt
 from search.outcome.results import STATUS_STOPPED, scored
 from search.outcome.study import JOURNAL, load_study
+from search.plan.sampling import BUDGET_CONSTRAINT
 from search.plan.schema import Space
 
 COLOURS = plt.get_cmap("tab10").colors
@@ -117,10 +118,10 @@ def importances(space: Space, run_dir: Path) -> tuple[dict[str, dict[str, float]
         return {}, f"no Optuna study to read ({err})"
     targets = {"val mIoU": lambda t: t.values[0], "peak GB": lambda t: t.values[1]} \
         if space.objective == "pareto" else {"val mIoU per GB": None}
-    # Infeasible configurations (over the memory budget: a positive constraint) never trained; Optuna
-    # holds them with a placeholder objective of 0, which is no measurement, so fANOVA leaves them out.
+    # Configurations over the memory budget never trained; Optuna holds them with a placeholder objective of 0,
+    # which is no measurement, so fANOVA leaves them out (trials below the accuracy floor did train: they count).
     done = [t for t in study.get_trials(deepcopy=False, states=[optuna.trial.TrialState.COMPLETE])
-            if all(value <= 0 for value in t.constraints.values())]
+            if t.constraints.get(BUDGET_CONSTRAINT, 0.0) <= 0]
     # Optuna scores parameters every completed trial has (a tier's backbone exists only in that tier's
     # trials); of those, only the ones that took more than one value can matter.
     common = set.intersection(*(set(t.params) for t in done)) if done else set()

@@ -13,6 +13,8 @@ from em_backbones.catalog import get_spec
 from em_backbones.techniques.config import knob_default, searched_knobs
 from search.plan.schema import Space
 
+BUDGET_CONSTRAINT = "predicted_gb_over_budget"  # Optuna constraint: predicted peak minus the memory budget
+
 
 def backbone_param(tier: int) -> str:
     """Optuna needs one parameter per tier: a categorical's choices may not change between trials."""
@@ -63,7 +65,7 @@ class DefineByRun:
         trial.suggest_categorical("batch_size", list(space.training.batch_size))
         if space.resources.memory_budget_gb is not None:
             predicted = predicted_peak_gb(space, backbone, {**trial.params, **constants})
-            trial.set_constraint("predicted_gb_over_budget", predicted - space.resources.memory_budget_gb)
+            trial.set_constraint(BUDGET_CONSTRAINT, predicted - space.resources.memory_budget_gb)
             constants["predicted_gb"] = predicted
         return constants
 
