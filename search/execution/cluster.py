@@ -10,6 +10,7 @@ Joining a cluster needs the same token the cluster was started with (`RAY_AUTH_T
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 from typing import Any
@@ -43,6 +44,8 @@ def connect(address: str | None) -> Any:
                               "runtime_env": {"env_vars": env_vars}}
     if address is None:
         kwargs.update(include_dashboard=True, dashboard_host="127.0.0.1")
+        # Ray warns that token authentication is on by default; dashboard_lines says so, with how to get the token.
+        logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
     try:
         return ray.init(address=address, **kwargs)
     except (ConnectionError, RuntimeError, ValueError) as err:

@@ -73,7 +73,8 @@ def reference_learning_rate(space: Space, batch_size: int, setup: TrialSetup, co
         with_trial_resources(run_trial, setup),
         param_space={**reference_config(space, batch_size, 0.0), "learning_rate": tune.grid_search(rates)},
         tune_config=tune.TuneConfig(max_concurrent_trials=concurrent, reuse_actors=True),
-        run_config=run_config("reference_lr", setup, space, live_metrics=False),
+        run_config=run_config("reference_lr", setup, space, live_metrics=False, label="reference lr",
+                              total=len(rates), echo=echo),
     ).fit()
     scores = [(r.metrics.get("val_miou", -math.inf), r.config["learning_rate"]) for r in grid
               if r.metrics and math.isfinite(r.metrics.get("val_miou", math.nan))]
@@ -86,7 +87,7 @@ def fold_seed(space: Space, fold: int, seed_index: int) -> int:
 
 
 def held_out_tuner(space: Space, picks: list[dict[str, Any]], folds: list[int | None], setup: TrialSetup,
-                   max_concurrent: int, resume: bool = False) -> tune.Tuner:
+                   max_concurrent: int, resume: bool = False, echo=print) -> tune.Tuner:
     trainable = with_trial_resources(run_confirmation, setup)
     path = f"{setup.storage.rstrip('/')}/held_out"
     if resume and tune.Tuner.can_restore(path):
@@ -97,7 +98,8 @@ def held_out_tuner(space: Space, picks: list[dict[str, Any]], folds: list[int | 
         trainable,
         param_space={"candidate": tune.grid_search(picks), "run": tune.grid_search(runs)},
         tune_config=tune.TuneConfig(max_concurrent_trials=max_concurrent, reuse_actors=True),
-        run_config=run_config("held_out", setup, space, live_metrics=False),
+        run_config=run_config("held_out", setup, space, live_metrics=False, label="held-out run",
+                              total=len(picks) * len(runs), echo=echo),
     )
 
 
@@ -119,9 +121,9 @@ def held_out_stage(space: Space, rows: list[dict[str, Any]], best: dict[str, Any
             and best["backbone"] != REFERENCE_BACKBONE:
         rate = reference_learning_rate(space, best["batch_size"], session.setup, session.concurrent, echo)
         picks.append(reference_config(space, best["batch_size"], rate))
-    echo(f"held-out test: {', '.join(p['role'] for p in picks)} trained on {len(folds)} fold(s) x "
-         f"{space.evaluation.seeds} seed(s) for {space.training.epochs} epochs each, every chip tested once")
-    grid = held_out_tuner(space, picks, folds, session.setup, session.concurrent, resume).fit()
+    echo(f"held-out test: {', '.join(p['role'] for p in picks)} x {len(folds)} fold(s) x "
+         f"{space.evaluation.seeds} seed(s), {space.training.epochs} epochs each")
+    grid = held_out_tuner(space, picks, folds, session.setup, session.concurrent, resume, echo).fit()
     confirmation = held_out_rows(grid, space)
     write_results(pa.Table.from_pylist(confirmation, schema=CONFIRM_SCHEMA), out / "confirm.parquet")
     return confirmation

@@ -146,7 +146,7 @@ def run_search(space_path: str | Path, out: Path | None = None, address: str | N
         with clock.step("baselines (waiting for them)"):
             scores = baselines.result()
         floor = accuracy_floor_of(space, scores)
-        session = start_session(space, context, out, location, data, resume, mlflow, floor)
+        session = start_session(space, context, out, location, data, resume, mlflow, floor, echo)
     except BaseException:
         if not resume:
             shutil.rmtree(out, ignore_errors=True)
@@ -183,7 +183,7 @@ def connect_cluster(address: str | None):
 
 
 def start_session(space: Space, context, out: Path, location: str, data: str, resume: bool, mlflow: str | None,
-                  floor: dict | None):
+                  floor: dict | None, echo=print):
     """Trial resources planned from the cluster, the Tuner built (nothing trained yet)."""
     import ray
 
@@ -195,7 +195,7 @@ def start_session(space: Space, context, out: Path, location: str, data: str, re
     resources, concurrent = plan_resources(ray.cluster_resources(), space)
     setup = trial_setup(space, (out / "space.yaml").read_text(), data, location, resources)
     tuner = build_tuner(space, out, setup, concurrent, resume, callbacks=(tracking,) if tracking else (),
-                        floor=floor["val_miou"] if floor else None)
+                        floor=floor["val_miou"] if floor else None, echo=echo)
     return SearchSession(context, setup, concurrent, tuner, tracking)
 
 

@@ -11,17 +11,20 @@ their workers — a deadlock (seen on a 2-CPU machine).
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import optuna
 from ray import tune
+from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 from ray.tune.search.optuna import OptunaSearch
 
 from search.errors import UserError
 from search.execution.live_metrics import LiveSearchMetrics
+from search.execution.progress import TrialLines
 from search.execution.trial import TrialResources, TrialSetup, run_trial
 from search.outcome.study import journal_storage
 from search.plan.sampling import DefineByRun
@@ -134,6 +137,8 @@ class FailureAwareOptunaSearch(OptunaSearch):
 def optuna_searcher(space: Space, out_dir: Path, floor: float | None = None) -> OptunaSearch:
     """Optuna TPE over the define-by-run space, its study kept in the run directory; `floor`: the accuracy floor,
     an Optuna constraint."""
+    # Optuna logs every study it creates and every trial it is told of at INFO; the console has its own lines.
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = journal_storage(out_dir)
     goal = objectives_of(space)
     return FailureAwareOptunaSearch(
@@ -180,23 +185,34 @@ def with_trial_resources(trainable: Callable, setup: TrialSetup):
 
 
 def run_config(name: str, setup: TrialSetup, space: Space, live_metrics: bool = True,
-               callbacks: tuple = ()) -> tune.RunConfig:
+               callbacks: tuple = (), label: str = "trial", total: int | None = None, echo=print) -> tune.RunConfig:
     """Tune's experiment `<storage>/<name>`.
 
     Training errors end their trial as reported faults (search/training/worker.py), so what reaches Tune as
     an error is an actor that died (its node lost, killed for memory): an in-process trial is
     restarted by Tune up to `resources.max_failures` times; a Ray Train trial's workers are
     restarted by Ray Train instead.
+
+    The console gets one line per trial start and end (search/execution/progress.py) instead of Tune's
+    tables: `verbose=0` with Tune's original output engine (`RAY_AIR_NEW_OUTPUT=0`; the newer one prints an
+    experiment box and a results path at every verbosity, the run directory line already says where they are).
+    Tune's result loggers are named: CSV and JSON, which its ResultGrid reads back;
+    its TensorBoard logger, which nothing here reads and which warns on every list-valued metric, is left
+    out (`TUNE_DISABLE_AUTO_CALLBACK_LOGGERS`, Tune's own switch for exactly this).
     """
+    os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
+    os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
     retries = setup.max_failures if setup.resources.in_process else 0
+    watchers = [LiveSearchMetrics(space.name, METRIC)] if live_metrics else []
+    lines = TrialLines(label, total, echo, space.training.epochs)
     return tune.RunConfig(name=name, storage_path=setup.storage,
                           failure_config=tune.FailureConfig(max_failures=retries),
-                          callbacks=([LiveSearchMetrics(space.name, METRIC)] if live_metrics else []) + list(callbacks),
-                          verbose=1)
+                          callbacks=[CSVLoggerCallback(), JsonLoggerCallback(), lines, *watchers, *callbacks],
+                          verbose=0)
 
 
 def build_tuner(space: Space, out_dir: Path, setup: TrialSetup, max_concurrent: int,
-                resume: bool = False, callbacks: tuple = (), floor: float | None = None) -> tune.Tuner:
+                resume: bool = False, callbacks: tuple = (), floor: float | None = None, echo=print) -> tune.Tuner:
     """The search as one Tuner; `storage` (run directory or URI) holds Tune's and Train's results.
 
     Resuming restores Tune's experiment state (finished trials stay finished, interrupted ones
@@ -215,5 +231,5 @@ def build_tuner(space: Space, out_dir: Path, setup: TrialSetup, max_concurrent: 
             max_concurrent_trials=max_concurrent,
             reuse_actors=True,
         ),
-        run_config=run_config("tune", setup, space, callbacks=callbacks),
+        run_config=run_config("tune", setup, space, callbacks=callbacks, total=space.training.num_samples, echo=echo),
     )

@@ -210,26 +210,41 @@ def slot_utilisation(rows: list[dict[str, Any]], slots: int, search_wall_seconds
     return busy / (slots * search_wall_seconds) if search_wall_seconds > 0 else 0.0
 
 
-def summary_table(rows: list[dict[str, Any]], top: int = 10) -> str:
-    """The printed trial table, best first; one column per searched technique knob."""
-    knobs = [(name, spec.short or name, max(len(spec.short or name), 4)) for name, spec in technique_knobs().items()
-             if spec.searched]
+STATUS_SHORT = {STATUS_COMPLETED: "done", STATUS_STOPPED: "ASHA", STATUS_FAILED: "FAILED", STATUS_INFEASIBLE: "too big"}
 
-    def fmt(value: Any, spec: str) -> str:
+
+def knobs_short(row: dict[str, Any]) -> str:
+    """A trial's searched technique knobs in a few characters: `16b r0 ck`."""
+    parts = []
+    for name, spec in technique_knobs().items():
+        value = row.get(name)
+        if not spec.searched or value is None:
+            continue
         if isinstance(value, bool):
-            value = "yes" if value else "no"
+            parts.append(spec.short[:2] if value else "")
+        else:
+            parts.append(f"{value}{(spec.short or name)[0]}")
+    return " ".join(p for p in parts if p)
+
+
+def summary_table(rows: list[dict[str, Any]], top: int = 10) -> str:
+    """The printed trial table, best first, under 80 columns: status `ASHA@e` = stopped by ASHA after e epochs;
+    knobs `16b 0l ck` = bits, LoRA rank, checkpointing; `*` = below the accuracy floor (cannot win)."""
+    def fmt(value: Any, spec: str) -> str:
         return format(value, spec) if value is not None else format("-", spec.rstrip(".0123456789ef") or ">1")
 
-    header = (f"{'trial':<14} {'backbone':<13} {'status':<13} {'ep':>2} "
-              + "".join(f"{short:>{width}} " for _, short, width in knobs)
-              + f"{'lr':>8} {'bs':>3} {'val mIoU':>9} {'peak GB':>8} {'pred GB':>8} {'mIoU/GB':>9}")
+    header = f"{'trial':<8} {'backbone':<12} {'status':<8} {'knobs':<10} {'lr':>7} {'bs':>3} {'val':>6} {'GB':>6} {'/GB':>6}"
     lines = [header, "-" * len(header)]
-    for r in sorted(rows, key=lambda r: (r["objective"] is None, -(r["objective"] or 0.0)))[:top]:
-        lines.append(
-            f"{r['trial_id'][-14:]:<14} {str(r['backbone']):<13} {r['status']:<13} {r['epochs_run']:>2} "
-            + "".join(f"{fmt(r[name], f'>{width}')} " for name, _, width in knobs)
-            + f"{fmt(r['learning_rate'], '>8.1e')} {fmt(r['batch_size'], '>3')} {fmt(r['val_miou'], '>9.4f')} "
-            f"{fmt(r['peak_gb'], '>8.4f')} {fmt(r['predicted_gb'], '>8.4f')} {fmt(r['objective'], '>9.3f')}")
+    for r in sorted(rows, key=lambda r: (r["objective"] is None, r.get("above_floor") is False,
+                                         -(r["objective"] or 0.0)))[:top]:
+        status = STATUS_SHORT.get(r["status"], r["status"])
+        status += f"@{r['epochs_run']}" if r["status"] == STATUS_STOPPED else ""
+        floor_mark = "*" if r.get("above_floor") is False else " "
+        lines.append(f"{r['trial_id'][-8:]:<8} {str(r['backbone'])[:12]:<12} {status:<8} {knobs_short(r)[:10]:<10} "
+                     f"{fmt(r['learning_rate'], '>7.1e')} {fmt(r['batch_size'], '>3')} {fmt(r['val_miou'], '>6.3f')}"
+                     f"{floor_mark}{fmt(r['peak_gb'], '>6.3f')} {fmt(r['objective'], '>6.2f')}")
         if r["error"]:
-            lines.append(f"{'':<14} error: {r['error'][:100]}")
+            lines.append(f"{'':<8} error: {r['error'][:70]}")
+    if any(r.get("above_floor") is False for r in rows):
+        lines.append("* below the accuracy floor: cannot win")
     return "\n".join(lines)

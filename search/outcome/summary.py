@@ -115,12 +115,12 @@ def held_out_lines(held_out: dict) -> list[str]:
     if not held_out.get("methods"):
         return []
     shapes = held_out["shapes"]
-    lines = ["", f"held-out test ({shapes['folds']} folds, every chip tested once; test mIoU as the mean of fold "
-                 "scores with its 95% CI, and pooled over every chip):"]
+    lines = ["", f"held-out test mIoU ({shapes['folds']} folds, every chip tested once): mean of folds [95% CI], "
+                 "pooled"]
     for method in held_out["methods"]:
         t = method["test_miou"]
         span = "" if t["low"] is None else f" [{t['low']:.4f}, {t['high']:.4f}]"
-        lines.append(f"  {method['name']}: {t['estimate']:.4f}{span}, pooled {method['pooled_test_miou']:.4f}")
+        lines.append(f"  {method['name'][:30]:<30} {t['estimate']:.4f}{span:<18}  {method['pooled_test_miou']:.4f}")
     return lines
 
 
@@ -134,18 +134,19 @@ def winner_lines(outcome: RunOutcome, summary: dict[str, Any]) -> list[str]:
     best, out = outcome.best, outcome.out_dir
     seen, epochs = best["epochs_run"], outcome.space.training.epochs
     weights = weights_of(outcome.space)[best["backbone"]]
-    lines = [f"best: {best['backbone']} ({best['trial_id']}) val mIoU {best['val_miou']:.4f}, peak "
-             f"{best['peak_gb']:.4f} GB + {outcome.space.memory.overhead_gb:.3f} GB per-process overhead = "
-             f"{best['occupied_gb']:.4f} GB on its device; searched {seen} of {epochs} epochs, best.yaml trains "
-             f"{epochs} (weights: {weights})", f"best.yaml: {out / 'best.yaml'}"]
+    lines = [f"best: {best['backbone']} ({best['trial_id']}), val mIoU {best['val_miou']:.4f}, "
+             f"{best['objective']:.3f} mIoU/GB",
+             f"  {best['peak_gb']:.4f} GB peak + {outcome.space.memory.overhead_gb:.3f} GB per process = "
+             f"{best['occupied_gb']:.4f} GB on its device; weights: {weights}",
+             f"  searched {seen} of {epochs} epochs; best.yaml trains {epochs}: {out / 'best.yaml'}"]
     line = floor_line(outcome.floor, best)
     lines += [line] if line else []
     comparisons = outcome.held_out.get("comparisons") or []
     if comparisons:
         properties = summary["test_properties"]
-        lines += ["", "winner against every reference on the held-out folds (paired over folds; 'ahead'/'BEHIND' "
-                  f"only where the 95% CI excludes 0; false-positive rate simulated at these shapes "
-                  f"{properties['false_positive_rate']:.1%}):", *verdict_lines(comparisons)]
+        lines += ["", "the winner's test-mIoU lead over every reference, 95% CI over the held-out folds",
+                  f"('ahead'/'BEHIND' only where it excludes 0; simulated A/A rate at these shapes "
+                  f"{properties['false_positive_rate']:.1%}; power: to see a 0.05 lead):", *verdict_lines(comparisons)]
     return lines
 
 

@@ -15,8 +15,8 @@ def floor_line(floor: dict[str, Any] | None, best: dict[str, Any] | None) -> str
     if floor is None or best is None:
         return None
     cleared = best["val_miou"] is not None and best["val_miou"] >= floor["val_miou"]
-    return (f"accuracy floor: val mIoU {floor['val_miou']:.4f} ({floor['source']}); winner val "
-            f"{best['val_miou']:.4f}: {'cleared' if cleared else 'NOT cleared'}")
+    return (f"accuracy floor: val mIoU {floor['val_miou']:.4f} ({floor['source']}): "
+            f"{'cleared' if cleared else 'NOT cleared'}")
 
 
 def no_winner_line(floor: dict[str, Any] | None, cleared: bool) -> str | None:
@@ -24,21 +24,19 @@ def no_winner_line(floor: dict[str, Any] | None, cleared: bool) -> str | None:
     if cleared or floor is None:
         return None
     return (f"no configuration cleared the accuracy floor (val mIoU {floor['val_miou']:.4f}): "
-            f"{floor['source']} is the better answer on these chips; best.yaml is the best below it, for reference")
+            f"{floor['source']} is the better answer here")
 
 
 def lead_text(comparison: dict[str, Any]) -> str:
+    """`-0.0080 [-0.0622, +0.0461] no difference shown (power 50%)`: the lead, its 95% CI, the verdict."""
     lead = comparison["lead"]
     if lead["low"] is None:
-        interval = "no interval (one fold and one seed)"
-    else:
-        power = lead.get("power_at_0.05")
-        interval = (f"95% CI [{lead['low']:+.4f}, {lead['high']:+.4f}] over {lead['n']} {lead['units']}"
-                    + (f" (power at a 0.05 lead {power:.0%})" if power is not None else ""))
-    return (f"test {comparison['winner_test_miou']:.4f} vs {comparison['other_test_miou']:.4f}, "
-            f"lead {lead['estimate']:+.4f} {interval}: {lead['verdict']}")
+        return f"{lead['estimate']:+.4f} (no interval: one fold and one seed)"
+    power = lead.get("power_at_0.05")
+    return (f"{lead['estimate']:+.4f} [{lead['low']:+.4f}, {lead['high']:+.4f}] {lead['verdict']}"
+            + (f" (power {power:.0%})" if power is not None else ""))
 
 
 def verdict_lines(comparisons: list[dict[str, Any]]) -> list[str]:
-    """One line per reference: pooled test mIoUs, the paired lead with its interval, the verdict."""
-    return [f"  vs {c['against']}: {lead_text(c)}" for c in comparisons]
+    """One line per reference: the winner's test-mIoU lead, its 95% interval over folds, the verdict."""
+    return [f"  vs {c['against'][:26]:<26} {lead_text(c)}" for c in comparisons]
