@@ -11,10 +11,11 @@ For each backbone (InternVL2.5-4B and Granite 4.0 Tiny by default):
 3. Memory is read by an instrument the estimator never saw: the kernel's high-water mark of the
    process's resident set (`VmHWM` in /proc/self/status), reset between phases through
    /proc/self/clear_refs; the baseline (interpreter and libraries, measured before building) is
-   subtracted. The measuring process runs with glibc's mmap threshold at 128 KiB, so a freed tensor's
-   pages go back to the OS at once: with glibc's defaults freed heap stays resident and the
-   high-water mark also counts memory no tensor holds (InternVL2.5-4B: +28% at load, +41% at the
-   step). It is set against the predictions: loading = the quantized model + the largest shard
+   subtracted. Each backbone is measured twice: in an ordinary process (no environment set; the loader
+   fixes glibc's mmap and trim thresholds itself, em_backbones/techniques/loading.py) and in one
+   started with those thresholds in the environment (MALLOC_MMAP_THRESHOLD_, the earlier way). Before
+   the loader did it, the ordinary process read +28% at load and +41% at the step (InternVL2.5-4B):
+   freed heap that stayed resident. Both are set against the predictions: loading = the quantized model + the largest shard
    (+ one layer's experts), the training step = the estimator's weights + gradients + optimizer
    state + activations + the recomputed checkpointed layer (em_backbones/sizing/estimate.py; the 10% GPU
    allocator overhead is left out on a CPU).
@@ -54,7 +55,6 @@ def hf_model_on_meta(name: str, scale: str = "full"):
     """The Hugging Face part of a backbone at full scale, parameters on meta."""
     from accelerate import init_empty_weights
 
-    import em_backbones.families  # noqa: F401  (they register)
     from em_backbones.registry import backbone_class, build_backbone
 
     with init_empty_weights():
@@ -110,7 +110,6 @@ def measure(name: str, directory: Path, scale: str = "full") -> dict[str, Any]:
     import torch
     from accelerate import init_empty_weights
 
-    import em_backbones.families  # noqa: F401  (they register)
     from em_backbones.catalog import get_spec
     from em_backbones.registry import build_backbone
     from em_backbones.sizing.estimate import estimate
@@ -158,8 +157,13 @@ def error(measured: float, predicted: float) -> float:
     return (measured - predicted) / measured
 
 
-def run_fullscale_bench(backbones: list[str], directory: Path, keep: bool, out: Path, echo=print) -> list[dict]:
-    """Write each checkpoint (once), measure it in a fresh process, print the table."""
+PROCESSES = {"ordinary": {}, "thresholds in env": MEASURING_ENV}
+
+
+def run_fullscale_bench(backbones: list[str], directory: Path, keep: bool, out: Path, echo=print,
+                        scale: str = "full") -> list[dict]:
+    """Write each checkpoint (once), measure it in fresh processes (ordinary, and with glibc's thresholds in the
+    environment), print the table. `scale: tiny` runs the same steps on the tiny architecture in seconds."""
     import shutil
 
     import pyarrow as pa
@@ -171,20 +175,22 @@ def run_fullscale_bench(backbones: list[str], directory: Path, keep: bool, out: 
         ckpt = directory / name
         if not (ckpt / "model.safetensors.index.json").is_file():
             started = time.monotonic()
-            written = write_random_checkpoint(name, ckpt)
+            written = write_random_checkpoint(name, ckpt, scale=scale)
             echo(f"{name}: wrote {written['params'] / 1e9:.2f} B random bf16 parameters in {written['shards']} shards "
                  f"({written['bytes'] / 1e9:.1f} GB) in {time.monotonic() - started:.0f} s")
-        done = subprocess.run([sys.executable, "-m", "benchmarks.fullscale", name, str(ckpt)], capture_output=True,
-                              text=True, timeout=3600, env={**os.environ, **MEASURING_ENV})
-        if done.returncode != 0:
-            raise RuntimeError(f"{name}: measurement failed: {done.stderr.strip().splitlines()[-3:]}")
-        row = json.loads(done.stdout.strip().splitlines()[-1])
-        row.update(load_error=error(row["load_peak_gb"], row["predicted_load_gb"]),
-                   step_error=error(row["step_peak_gb"], row["predicted_step_gb"]))
-        rows.append(row)
-        echo(f"{name}: load peak {row['load_peak_gb']:.2f} GB (predicted {row['predicted_load_gb']:.2f}), training "
-             f"step peak {row['step_peak_gb']:.2f} GB (predicted {row['predicted_step_gb']:.2f}), "
-             f"{row['load_seconds']:.0f} s + {row['step_seconds']:.0f} s")
+        for process, extra_env in PROCESSES.items():
+            environment = {k: v for k, v in os.environ.items() if k not in MEASURING_ENV} | extra_env
+            done = subprocess.run([sys.executable, "-m", "benchmarks.fullscale", name, str(ckpt), scale],
+                                  capture_output=True, text=True, timeout=3600, env=environment)
+            if done.returncode != 0:
+                raise RuntimeError(f"{name}: measurement failed: {done.stderr.strip().splitlines()[-3:]}")
+            row = json.loads(done.stdout.strip().splitlines()[-1])
+            row.update(process=process, load_error=error(row["load_peak_gb"], row["predicted_load_gb"]),
+                       step_error=error(row["step_peak_gb"], row["predicted_step_gb"]))
+            rows.append(row)
+            echo(f"{name} ({process} process): load peak {row['load_peak_gb']:.2f} GB (predicted "
+                 f"{row['predicted_load_gb']:.2f}), training step peak {row['step_peak_gb']:.2f} GB (predicted "
+                 f"{row['predicted_step_gb']:.2f}), {row['load_seconds']:.0f} s + {row['step_seconds']:.0f} s")
         if not keep:
             shutil.rmtree(ckpt)
     out.mkdir(parents=True, exist_ok=True)
@@ -194,12 +200,12 @@ def run_fullscale_bench(backbones: list[str], directory: Path, keep: bool, out: 
 
 
 def fullscale_table(rows: list[dict]) -> str:
-    header = (f"{'backbone':<15} {'load peak GB':>12} {'predicted':>9} {'error':>7} {'step peak GB':>12} "
+    header = (f"{'backbone':<15} {'process':<17} {'load peak GB':>12} {'predicted':>9} {'error':>7} {'step peak GB':>12} "
               f"{'predicted':>9} {'error':>7} {'load s':>7} {'step s':>7}")
-    lines = ["NF4 + double quantization, LoRA r16, gradient checkpointing; batch 1 at the published size; "
+    lines = ["NF4 + double quantization, LoRA r16, gradient checkpointing; batch 1 at the input size; "
              "peaks = VmHWM minus the baseline before building", header, "-" * len(header)]
     for r in rows:
-        lines.append(f"{r['backbone']:<15} {r['load_peak_gb']:>12.2f} {r['predicted_load_gb']:>9.2f} "
+        lines.append(f"{r['backbone']:<15} {r['process']:<17} {r['load_peak_gb']:>12.2f} {r['predicted_load_gb']:>9.2f} "
                      f"{r['load_error']:>+7.1%} {r['step_peak_gb']:>12.2f} {r['predicted_step_gb']:>9.2f} "
                      f"{r['step_error']:>+7.1%} {r['load_seconds']:>7.0f} {r['step_seconds']:>7.0f}")
     return "\n".join(lines)
@@ -207,9 +213,9 @@ def fullscale_table(rows: list[dict]) -> str:
 
 def fullscale_command(args) -> int:
     """`python -m search bench fullscale`."""
-    run_fullscale_bench(args.backbones, args.checkpoints, args.keep, args.out)
+    run_fullscale_bench(args.backbones, args.checkpoints, args.keep, args.out, scale=args.scale)
     return 0
 
 
 if __name__ == "__main__":  # the measuring process: python -m benchmarks.fullscale NAME CHECKPOINT_DIR
-    print(json.dumps(measure(sys.argv[1], Path(sys.argv[2]), *sys.argv[3:])))
+    print(json.dumps(measure(sys.argv[1], Path(sys.argv[2]), *sys.argv[3:])))  # NAME DIR [SCALE]

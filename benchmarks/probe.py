@@ -13,7 +13,6 @@ import numpy as np
 import rasterio
 import torch
 
-import em_backbones.families  # noqa: F401  (they register)
 from em_backbones.registry import build_backbone
 from em_backbones.sizing.counting import backbone_params, published_params
 from em_backbones.sizing.memory import (

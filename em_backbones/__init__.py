@@ -2,10 +2,10 @@
 
 Importing this package imports no torch, TerraTorch or transformers: the search's planning side
 (space validation, reports) reads `em_backbones.catalog` and `em_backbones.techniques.config`
-only. `import em_backbones.families` registers every family in the project's own registry
-(em_backbones/registry.py); `import em_backbones.registered` also puts them in TerraTorch's
-BACKBONE_REGISTRY, which TerraTorch's `custom_modules_path` does through
-`em_backbones/plugin/em_backbones_plugin` (`PLUGIN_DIR` below).
+only. em_backbones/registry.py builds a backbone by name, importing its family on demand;
+`import em_backbones.registered` names every backbone in TerraTorch's BACKBONE_REGISTRY, which
+TerraTorch's `custom_modules_path` does through `em_backbones/plugin/em_backbones_plugin`
+(`PLUGIN_DIR` below).
 """
 
 from pathlib import Path

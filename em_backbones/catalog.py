@@ -23,7 +23,7 @@ class BackboneSpec:
 
     name: str
     tier: int
-    family: str
+    family: str  # the module that builds it: em_backbones/families/<family>.py (imported when first built)
     description: str
     scales: dict[str, dict[str, Any]] = field(default_factory=dict)
     published_params: float | None = None  # as published, whole model, for tests and reports
@@ -74,14 +74,15 @@ def tiny_of(full: dict, layers: int, vocab: int | None = None) -> dict:
 
 
 def internvl(name: str, tier: int, text_model: str, full_text: dict, description: str, published: float,
-             tiny_layers: tuple[int, int], vision: dict = INTERNVIT_300M, **extra) -> BackboneSpec:
+             tiny_layers: tuple[int, int], vision: dict = INTERNVIT_300M, family: str = "internvl",
+             **extra) -> BackboneSpec:
     """An InternVL backbone: `vision` tower arguments, the LLM as `text_model` ("qwen2" or "llama") arguments.
     Tiny keeps the full model's norm, QK-norm, bias and text-model class, and its width ratios
     (`tiny_of`); `tiny_layers`: (vision, LLM) depths, in the ratio of the published ones where it matters."""
     scales = {"full": {"vision": vision, "text_model": text_model, "text": full_text},
               "tiny": {"vision": tiny_of(vision, tiny_layers[0]), "text_model": text_model,
                        "text": tiny_of(full_text, tiny_layers[1], vocab=256)}}
-    return BackboneSpec(name=name, tier=tier, family="internvl", description=description, scales=scales,
+    return BackboneSpec(name=name, tier=tier, family=family, description=description, scales=scales,
                         published_params=published, patch_size=28, native_img_size=448, **extra)
 
 
@@ -131,7 +132,7 @@ CATALOG: dict[str, BackboneSpec] = {
                                                    num_key_value_heads=8, intermediate_size=20480, vocab_size=64000),
                  vision=INTERNVIT_6B, published=40.1e9, tiny_layers=(3, 5),
                  description="InternVL2-40B: InternViT-6B + projector + Nous-Hermes-2-Yi-34B (Llama)"),
-        internvl("earthmind_v1", 1, "qwen2", QWEN25_3B, published=3.71e9, tiny_layers=(2, 2),
+        internvl("earthmind_v1", 1, "qwen2", QWEN25_3B, published=3.71e9, tiny_layers=(2, 2), family="earthmind",
                  required_sensors=("S1", "S2"),
                  extra_args={"alignment_weight": 1.0},
                  description="EarthMind-v1 (InternVL2.5-4B based): SAR and optical through one shared InternViT, "

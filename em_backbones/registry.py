@@ -1,23 +1,29 @@
 """The project's own backbone registry: name → family class and builder. It never imports what it registers.
 
 Like TerraTorch's `registry/` (whose `BACKBONE_REGISTRY` this project joins in
-em_backbones/registered.py), it maps names to constructors and holds nothing else; the families
-register themselves when `em_backbones.families` imports them. No TerraTorch import here, so the
-Hugging Face families build in a bare PyTorch container (`search calibrate`).
+em_backbones/registered.py), it maps names to constructors and holds nothing else; a family
+registers itself when its module is imported, and, as transformers' `models/auto` maps names to
+modules as strings, a name is built by importing its family's module on demand (the catalog's
+`family`): a process that trains TerraMind never imports InternVL, Granite, peft or bitsandbytes'
+model code. No TerraTorch import here, so the Hugging Face families build in a bare PyTorch
+container (`search calibrate`).
 """
 
 from __future__ import annotations
 
+import importlib
 from typing import Any, Callable
 
 from torch import nn
 
 from em_backbones.args import BackboneArgs, split_arguments
+from em_backbones.catalog import get_spec
 from em_backbones.contract import missing_from_contract
 from em_backbones.techniques.apply import apply_techniques
 from em_backbones.techniques.config import Techniques
 from em_backbones.techniques.loading import ShardLoader, check_host_memory
 
+FAMILIES_PACKAGE = "em_backbones.families"
 BACKBONE_CLASSES: dict[str, type] = {}  # name → the class it is built from (em_backbones/contract.py's contract)
 BUILDERS: dict[str, Callable[..., nn.Module]] = {}  # name → build(**backbone_kwargs), what TerraTorch's factory calls
 
@@ -30,19 +36,21 @@ def load_checkpoint(model: nn.Module, techniques: Techniques, ckpt_path: str) ->
     loader.load(ckpt_path)
 
 
+def ensure_registered(name: str) -> None:
+    """Import the module of `name`'s family (em_backbones/families/<family>.py), which registers it."""
+    if name not in BUILDERS:
+        importlib.import_module(f"{FAMILIES_PACKAGE}.{get_spec(name).family}")
+
+
 def backbone_class(name: str) -> type:
-    try:
-        return BACKBONE_CLASSES[name]
-    except KeyError:
-        raise KeyError(f"unknown backbone {name!r}; registered: {', '.join(sorted(BACKBONE_CLASSES))}") from None
+    ensure_registered(name)
+    return BACKBONE_CLASSES[name]
 
 
 def build_backbone(name: str, **kwargs: Any) -> nn.Module:
-    """A registered backbone from `backbone_*` keywords (prefix stripped), techniques applied."""
-    try:
-        return BUILDERS[name](**kwargs)
-    except KeyError:
-        raise KeyError(f"unknown backbone {name!r}; registered: {', '.join(sorted(BUILDERS))}") from None
+    """A backbone from `backbone_*` keywords (prefix stripped), techniques applied; its family imported on demand."""
+    ensure_registered(name)
+    return BUILDERS[name](**kwargs)
 
 
 def register_backbone(name: str, cls: Callable[[BackboneArgs], nn.Module],

@@ -101,6 +101,8 @@ def fullscale_arguments(full: argparse.ArgumentParser) -> None:
                       help="where the random sharded checkpoints are written (7-14 GB each)")
     full.add_argument("--keep", action="store_true", help="keep the checkpoints for the next run")
     full.add_argument("--out", type=Path, default=Path("runs/fullscale"))
+    full.add_argument("--scale", default="full", choices=["full", "tiny"],
+                      help="tiny: the same steps on the tiny architectures, in seconds (what the tests run)")
 
 
 def backbones_arguments(backbones: argparse.ArgumentParser) -> None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from accelerate import init_empty_weights
 
-import em_backbones.families  # noqa: F401  (counts build registered backbones)
 from em_backbones.contract import count_parameters
 from em_backbones.registry import backbone_class, build_backbone
 

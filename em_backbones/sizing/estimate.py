@@ -36,7 +36,6 @@ from dataclasses import dataclass
 from accelerate import init_empty_weights
 from torch import nn
 
-import em_backbones.families  # noqa: F401  (the profile builds registered backbones)
 from em_backbones.activations import Architecture
 from em_backbones.registry import build_backbone
 from em_backbones.sizing.device import CUDA_CONTEXT_BYTES

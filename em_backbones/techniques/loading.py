@@ -53,6 +53,28 @@ def release_heap() -> None:
         pass
 
 
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)
+PROMPT_RETURN_BYTES = 128 * 1024
+
+
+def return_freed_pages_promptly() -> None:
+    """Make this process give freed tensors' pages back to the OS at once, as the loader needs.
+
+    glibc serves a large allocation with its own mapping only below a threshold it raises after the
+    first large free (up to 32 MiB): from then on shard-sized tensors come from the heap, and their
+    freed pages stay resident, so a default process's resident peak while loading read 28% above
+    the prediction (InternVL2.5-4B). Fixing the thresholds, as the MALLOC_MMAP_THRESHOLD_ and
+    MALLOC_TRIM_THRESHOLD_ variables would, keeps every large tensor a mapping of its own, unmapped
+    when freed; the loader sets them itself, so an ordinary process behaves as predicted.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(M_MMAP_THRESHOLD, PROMPT_RETURN_BYTES)
+        libc.mallopt(M_TRIM_THRESHOLD, PROMPT_RETURN_BYTES)
+    except (OSError, AttributeError):  # not glibc
+        pass
+
+
 class CheckpointError(ValueError):
     """A local checkpoint that does not fit the backbone, or does not fit in the node's memory."""
 
@@ -143,6 +165,7 @@ class ShardLoader:
         return (4 if self.config.load_in_4bit else 8), bool(self.config.bnb_4bit_use_double_quant)
 
     def load(self, ckpt_path: str) -> None:
+        return_freed_pages_promptly()
         rename = checkpoint_renamer(self.hf)
         for shard in shard_files(ckpt_path):
             with safe_open(str(shard), framework="pt") as tensors:

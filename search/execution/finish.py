@@ -5,8 +5,11 @@ Each step lives in its own module; this one calls them in order and times them.
 
 from __future__ import annotations
 
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+import ray
 
 from search.data.storage import mirror_outputs
 from search.data.tiles import PreparedData
@@ -61,6 +64,9 @@ def finish_run(space: Space, session, prepared: PreparedData, out: Path, locatio
         confirmation = held_out_stage(space, rows, best, folds, session, resume, out, echo)
         held_out = held_out_summary(confirmation, fitted.result() if fitted else {}, len(folds)) \
             if confirmation else {}
+    # Nothing below needs Ray: it shuts down (about a second) while the summary and report are written.
+    closing = threading.Thread(target=ray.shutdown, name="ray-shutdown")
+    closing.start()
     outcome = RunOutcome(out, space, prepared, rows, best, front, confirmation, held_out, baselines, floor,
                          utilisation, session.concurrent, clock.seconds)
     summary = write_summary(outcome)
@@ -72,4 +78,5 @@ def finish_run(space: Space, session, prepared: PreparedData, out: Path, locatio
     for line in closing_lines(outcome, summary):
         echo(line)
     echo(f"report: {report}")
+    closing.join()
     return outcome

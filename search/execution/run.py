@@ -14,13 +14,16 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from search.data.storage import check_writable, run_location, upload
 from search.data.tiles import DataError, PreparedData, check_batches, prepare
 from search.errors import UserError
-from search.outcome.summary import RunOutcome
 from search.plan.schema import Space
 from search.plan.space import effective_space, load_space
+
+if TYPE_CHECKING:  # the outcome side (scipy and all) is imported when the search is over, not before Ray starts
+    from search.outcome.summary import RunOutcome
 
 
 class RunError(UserError, RuntimeError):
