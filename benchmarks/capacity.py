@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 from em_backbones.catalog import CATALOG
 from em_backbones.sizing.estimate import estimate
@@ -59,7 +60,13 @@ def capacity_table(rows: list[CapacityRow], gpu_gb: float, gpus_per_node: int) -
 
 
 def capacity_command(args) -> int:
-    """`python -m search capacity`."""
-    print(capacity_table(capacity_rows(args.gpu_gb, args.gpus_per_node, tuple(args.batch_sizes)), args.gpu_gb,
+    """`python -m search capacity [--simulate SPACE]`."""
+    if args.simulate:
+        from benchmarks.simulate import simulate
+
+        simulate(Path(args.simulate), args.gpus_per_node, args.gpu_gb, args.repeats,
+                 batch_sizes=tuple(args.batch_sizes) if args.batch_sizes else None)
+        return 0
+    print(capacity_table(capacity_rows(args.gpu_gb, args.gpus_per_node, tuple(args.batch_sizes or (1, 4))), args.gpu_gb,
                          args.gpus_per_node))
     return 0

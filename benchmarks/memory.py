@@ -21,19 +21,11 @@ from benchmarks.probe import ProbeResult, probe
 from em_backbones.catalog import CATALOG, get_spec
 from em_backbones.sizing.estimate import MemoryEstimate, estimate
 from em_backbones.sizing.memory import gigabytes
-from em_backbones.techniques.config import Techniques
+from em_backbones.techniques.config import NAMED_TECHNIQUES
 from search.outcome.export import write_results
 from search.outcome.plotting import plt
 
-TECHNIQUES: dict[str, Techniques] = {
-    "none": Techniques(),
-    "8bit": Techniques(quantization_bits=8),
-    "4bit": Techniques(quantization_bits=4),
-    "lora": Techniques(lora_rank=16),
-    "checkpointing": Techniques(gradient_checkpointing=True),
-    "qlora": Techniques(quantization_bits=4, lora_rank=16),
-    "qlora_ckpt": Techniques(quantization_bits=4, lora_rank=16, gradient_checkpointing=True),
-}
+TECHNIQUES = NAMED_TECHNIQUES
 TINY_IMG = 112
 FULL_PRECISION = "bf16-true"
 

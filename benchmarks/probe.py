@@ -15,14 +15,7 @@ import torch
 
 from em_backbones.registry import build_backbone
 from em_backbones.sizing.counting import backbone_params, published_params
-from em_backbones.sizing.memory import (
-    MemoryBreakdown,
-    RecomputeProbe,
-    SavedActivationCounter,
-    gradient_bytes,
-    optimizer_state_bytes,
-    weight_bytes,
-)
+from em_backbones.sizing.memory import MemoryBreakdown, account_training_step, weight_bytes
 from em_backbones.techniques.config import Techniques
 from search.data.spec import LAYOUTS
 from search.data.tiles import SAMPLE_DATA
@@ -80,19 +73,9 @@ def probe(name: str, scale: str, batch_size: int, img_size: int, train_step: boo
     stacked = torch.cat([o.detach().flatten().float() for o in outputs])
     memory, train_seconds = MemoryBreakdown(weight_bytes(model), 0, 0, 0), float("nan")
     if train_step:
-        model.train()
-        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
-        for _ in range(2):  # the second step holds the optimizer state the first one created
-            started = time.perf_counter()
-            recompute = RecomputeProbe(model)
-            with SavedActivationCounter(exclude=model) as counter:
-                loss = sum(o.float().square().mean() for o in model(batch))
-            memory = MemoryBreakdown(weight_bytes(model), gradient_bytes(model), optimizer_state_bytes(optimizer),
-                                     counter.bytes, recompute.measure(counter.seen))
-            loss.backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            train_seconds = time.perf_counter() - started
+        started = time.perf_counter()
+        memory = account_training_step(model, batch)
+        train_seconds = (time.perf_counter() - started) / 2  # two steps
     return ProbeResult(
         shapes=[tuple(o.shape) for o in outputs], dtype=str(outputs[0].dtype).replace("torch.", ""),
         value_min=float(stacked.min()), value_max=float(stacked.max()), value_mean=float(stacked.mean()),

@@ -72,7 +72,20 @@ def memory_arguments(memory: argparse.ArgumentParser) -> None:
 def capacity_arguments(capacity: argparse.ArgumentParser) -> None:
     capacity.add_argument("--gpu-gb", type=float, default=80.0)
     capacity.add_argument("--gpus-per-node", type=int, default=8)
-    capacity.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 4])
+    capacity.add_argument("--batch-sizes", nargs="+", type=int, default=None,
+                          help="default: 1 4 for the table, the space's own for --simulate")
+    capacity.add_argument("--simulate", metavar="SPACE", default=None,
+                          help="replay SPACE's grid at full scale on --gpus-per-node simulated GPUs through Ray's "
+                               "scheduler, packed by memory against one GPU per trial")
+    capacity.add_argument("--repeats", type=int, default=24, help="--simulate: each configuration this many times")
+
+
+def calibrate_arguments(calibrate: argparse.ArgumentParser) -> None:
+    calibrate.add_argument("space", nargs="?", default=None, help="its backbones (default: every catalogued one)")
+    calibrate.add_argument("--backbones", nargs="+", default=None, help="these backbones instead")
+    calibrate.add_argument("--techniques", nargs="+", default=None,
+                           help="none 8bit 4bit lora checkpointing qlora qlora_ckpt (default: all but qlora)")
+    calibrate.add_argument("--out", type=Path, default=None, help="default: ./calibration.json")
 
 
 def load_arguments(load: argparse.ArgumentParser) -> None:
@@ -122,10 +135,14 @@ COMMANDS: dict[str, Command] = {
                      "benchmarks.check:check_command", ("backbone",)),
     "memory": Command("memory per technique (measured tiny, predicted full) or --validate", memory_arguments,
                       "benchmarks.memory:memory_command", ("backbone", "backbones")),
-    "capacity": Command("tier-3 QLoRA trials per GPU and per node, from the estimator", capacity_arguments,
+    "capacity": Command("tier-3 QLoRA trials per GPU and per node, from the estimator (--simulate: a packed search "
+                        "replayed)", capacity_arguments,
                         "benchmarks.capacity:capacity_command"),
     "load": Command("many-trial search with trivial budgets: memory, leftovers, rate", load_arguments,
                     "benchmarks.load:load_command"),
+    "calibrate": Command("the memory estimate against this device (GPU: allocated, reserved, process): "
+                         "calibration.json", calibrate_arguments, "search.plan.calibrate:calibrate_command",
+                         ("backbones",)),
 }
 BENCHES: dict[str, Command] = {
     "asha": Command("trial-epochs ASHA and full budgets need to reach the best", asha_arguments,

@@ -171,3 +171,22 @@ class MemoryBreakdown:
 
 def gigabytes(n_bytes: float) -> float:
     return n_bytes / 1e9
+
+
+def account_training_step(model: nn.Module, batch: dict[str, torch.Tensor]) -> MemoryBreakdown:
+    """The CPU accounting of one AdamW step of `model` on `batch` (loss: mean square of its outputs): weights,
+    gradients, optimizer state, saved activations and the recomputed checkpointed unit. Two steps run: the
+    second holds the optimizer state the first one created."""
+    model.train()
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    memory = MemoryBreakdown(weight_bytes(model), 0, 0, 0)
+    for _ in range(2):
+        recompute = RecomputeProbe(model)
+        with SavedActivationCounter(exclude=model) as counter:
+            loss = sum(o.float().square().mean() for o in model(batch))
+        memory = MemoryBreakdown(weight_bytes(model), gradient_bytes(model), optimizer_state_bytes(optimizer),
+                                 counter.bytes, recompute.measure(counter.seen))
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    return memory

@@ -103,3 +103,15 @@ def searched_knobs() -> list[str]:
 def knob_default(name: str) -> Any:
     default = Techniques.__dataclass_fields__[name].default
     return None if default is MISSING else default
+
+
+# The techniques by name, as `search memory --test` and `search calibrate` run them one by one.
+NAMED_TECHNIQUES: dict[str, Techniques] = {
+    "none": Techniques(),
+    "8bit": Techniques(quantization_bits=8),
+    "4bit": Techniques(quantization_bits=4),
+    "lora": Techniques(lora_rank=16),
+    "checkpointing": Techniques(gradient_checkpointing=True),
+    "qlora": Techniques(quantization_bits=4, lora_rank=16),
+    "qlora_ckpt": Techniques(quantization_bits=4, lora_rank=16, gradient_checkpointing=True),
+}

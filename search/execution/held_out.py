@@ -39,7 +39,7 @@ REFERENCE_LEARNING_RATES = 3  # log-spaced over the space's range when the refer
 def as_method(row: dict[str, Any], role: str) -> dict[str, Any]:
     """A searched trial's parameters as the config of the held-out runs of one method."""
     return {**{name: row[name] for name in SEARCHED_PARAMS}, "predicted_gb": row["predicted_gb"],
-            "trial_number": None, "role": role, "source_trial_id": row["trial_id"]}
+            "gpu_share": row.get("gpu_share"), "trial_number": None, "role": role, "source_trial_id": row["trial_id"]}
 
 
 def methods(space: Space, rows: list[dict[str, Any]], best: dict[str, Any]) -> list[dict[str, Any]]:

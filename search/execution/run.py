@@ -190,6 +190,7 @@ def start_session(space: Space, context, out: Path, location: str, data: str, re
     """Trial resources planned from the cluster, the Tuner built (nothing trained yet)."""
     import ray
 
+    from search.execution.packing import gpu_memory_gb
     from search.execution.tracking import mlflow_callback, tracking_uri
     from search.execution.tuner import SearchSession, build_tuner, plan_resources, trial_setup
 
@@ -197,8 +198,9 @@ def start_session(space: Space, context, out: Path, location: str, data: str, re
     tracking = mlflow_callback(uri, out.name, space.name) if uri and not resume else None
     resources, concurrent = plan_resources(ray.cluster_resources(), space)
     setup = trial_setup(space, (out / "space.yaml").read_text(), data, location, resources)
+    gpu_memory = gpu_memory_gb(space.resources.gpu_memory_gb) if resources.packed else None
     tuner = build_tuner(space, out, setup, concurrent, resume, callbacks=(tracking,) if tracking else (),
-                        floor=floor["val_miou"] if floor else None, echo=echo)
+                        floor=floor["val_miou"] if floor else None, echo=echo, gpu_memory=gpu_memory)
     return SearchSession(context, setup, concurrent, tuner, tracking)
 
 

@@ -40,6 +40,7 @@ class TrialResources:
     num_workers: int
     cpus_per_worker: float
     gpus_per_worker: float
+    packed: bool = False  # GPUs by predicted memory: each trial's share rides in its config (`gpu_share`)
 
     @property
     def use_gpu(self) -> bool:
@@ -81,17 +82,26 @@ def train_worker(loop_config: dict[str, Any]) -> None:
           import_seconds=import_seconds)
 
 
+def infeasible(config: dict[str, Any], budget: float | None) -> str | None:
+    """Why a configuration cannot train here: over the per-worker memory budget, or more than one GPU's memory."""
+    if budget is not None and config.get("predicted_gb") is not None and config["predicted_gb"] > budget:
+        return f"predicted {config['predicted_gb']:.4g} GB > memory_budget_gb {budget:g}"
+    if (config.get("gpu_share") or 0) > 1:
+        return f"predicted {config['predicted_gb']:.4g} GB needs {config['gpu_share']:.2f} GPUs' memory"
+    return None
+
+
 def run_trial(config: dict[str, Any], setup: TrialSetup) -> None:
     """Ray Tune trainable: sampled parameters in, one report per epoch out.
 
     A configuration the estimator puts over the space's per-worker memory budget reports once,
     as infeasible with objective 0 (it produced no model), and never trains.
     """
-    budget = setup.memory_budget_gb
-    if budget is not None and config["predicted_gb"] > budget:
+    reason = infeasible(config, setup.memory_budget_gb)
+    if reason:
         # Every metric a searcher may read is present (Tune checks); none was measured.
-        ray.tune.report({"infeasible": True, "predicted_gb": config["predicted_gb"], "objective": 0.0,
-                         "epoch": 0, "val_miou": float("nan"), "peak_gb": float("nan")})
+        ray.tune.report({"infeasible": True, "infeasible_reason": reason, "predicted_gb": config["predicted_gb"],
+                         "objective": 0.0, "epoch": 0, "val_miou": float("nan"), "peak_gb": float("nan")})
         return
     resources = setup.resources
     loop_config = {"space_yaml": setup.space_yaml, "space_source": setup.space_source, "params": config,
@@ -109,7 +119,8 @@ def run_trial(config: dict[str, Any], setup: TrialSetup) -> None:
         scaling_config=ray.train.ScalingConfig(
             num_workers=resources.num_workers,
             use_gpu=resources.use_gpu,
-            resources_per_worker={"CPU": resources.cpus_per_worker, "GPU": resources.gpus_per_worker}
+            resources_per_worker={"CPU": resources.cpus_per_worker,
+                                  "GPU": config.get("gpu_share") or resources.gpus_per_worker}
             if resources.use_gpu else {"CPU": resources.cpus_per_worker},
         ),
         run_config=ray.train.RunConfig(

@@ -20,6 +20,7 @@ STATUS_COMPLETED = "completed"
 STATUS_STOPPED = "stopped_early"
 STATUS_FAILED = "failed"
 STATUS_INFEASIBLE = "infeasible"  # predicted over the memory budget: never trained
+STATUS_RETRIED = "oom_retried"  # ran out of GPU memory and ran again with more room (its retry has its own row)
 
 def _float(value: Any) -> float | None:
     try:
@@ -80,6 +81,10 @@ COLUMNS: tuple[Column, ...] = (
     _reported("peak_gb"),
     _reported("occupied_gb"),  # peak + memory.overhead_gb: what the trial would occupy on its device
     Column("predicted_gb", pa.float64()),
+    Column("gpu_share", pa.float64()),  # packed by memory: the GPU fraction it asked for (last attempt's)
+    Column("oom_retries", pa.int64()),  # 1: it ran out of memory once and ran again with twice its share
+    Column("retry_of", pa.string()),  # that first attempt's trial id
+    _reported("gpu_ids", pa.list_(pa.string()), read=_strings),  # the GPUs Ray gave its worker
     _reported("memory_method", pa.string(), read=_same),
     _reported("objective"),  # val_miou / occupied_gb
     Column("above_floor", pa.bool_()),  # val mIoU >= objective.min_val_miou: only such a trial can win
@@ -159,7 +164,8 @@ def trial_rows(result_grid, max_epochs: int, scale: str, budget_gb: float | None
             cause = cause_of(str(result.error))
         elif metrics.get("infeasible"):
             status, cause = STATUS_INFEASIBLE, CAUSE_INFEASIBLE
-            error = f"predicted {config.get('predicted_gb', float('nan')):.4g} GB > memory_budget_gb {budget_gb:g}"
+            error = metrics.get("infeasible_reason") or \
+                f"predicted {config.get('predicted_gb', float('nan')):.4g} GB > memory_budget_gb {budget_gb:g}"
         elif epochs_run < max_epochs:
             status, error = STATUS_STOPPED, None
         else:
@@ -176,11 +182,18 @@ def trial_rows(result_grid, max_epochs: int, scale: str, budget_gb: float | None
             "scale": scale,
             "epochs_run": epochs_run,
             "predicted_gb": _float(config.get("predicted_gb", metrics.get("predicted_gb"))),
+            "gpu_share": _float(config.get("gpu_share")),
+            "oom_retries": config.get("oom_retries", 0),
             "val_miou_per_epoch": curve,
         })
         row["above_floor"] = None if row["val_miou"] is None else floor is None or row["val_miou"] >= floor
         row["started_at"], row["finished_at"] = _span(metrics)
+        row["retry_of"] = config.get("retry_of")
         rows.append(row)
+    retried = {r["retry_of"] for r in rows if r["retry_of"]}
+    for row in rows:
+        if row["trial_id"] in retried:
+            row["status"] = STATUS_RETRIED
     return sorted(rows, key=lambda r: r["trial_id"])
 
 
@@ -191,7 +204,7 @@ def to_table(rows: list[dict[str, Any]]) -> pa.Table:
 def scored(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Trials that trained and were scored (completed or stopped early by ASHA)."""
     return [r for r in rows if r["objective"] is not None and r["val_miou"] is not None
-            and r["status"] not in (STATUS_FAILED, STATUS_INFEASIBLE)]
+            and r["status"] not in (STATUS_FAILED, STATUS_INFEASIBLE, STATUS_RETRIED)]
 
 
 def ranked(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -210,7 +223,8 @@ def slot_utilisation(rows: list[dict[str, Any]], slots: int, search_wall_seconds
     return busy / (slots * search_wall_seconds) if search_wall_seconds > 0 else 0.0
 
 
-STATUS_SHORT = {STATUS_COMPLETED: "done", STATUS_STOPPED: "ASHA", STATUS_FAILED: "FAILED", STATUS_INFEASIBLE: "too big"}
+STATUS_SHORT = {STATUS_COMPLETED: "done", STATUS_STOPPED: "ASHA", STATUS_FAILED: "FAILED", STATUS_INFEASIBLE: "too big",
+                STATUS_RETRIED: "OOM→retry"}
 
 
 def knobs_short(row: dict[str, Any]) -> str:

@@ -32,6 +32,7 @@ class Fault:
     trial: int  # Optuna trial number
     kind: str  # one of FAULT_KINDS
     epoch: int = 1  # 1-based; the fault fires at this epoch's first training batch
+    attempts: int = 1  # it fires on the trial's first `attempts` runs (an out-of-memory retry is a second run)
 
 
 def cause_of(error: BaseException | str) -> str:

@@ -29,6 +29,10 @@ class ResourceSpec:
     max_concurrent_trials: int | None = None  # None: as many as the cluster's resources hold
     memory_budget_gb: float | None = None  # per worker; configurations predicted over it never train
     max_failures: int = 2  # restarts of a trial after its worker or node dies
+    # `memory`: every trial asks for the GPU share its predicted peak needs (search/execution/packing.py);
+    # `whole`: gpus_per_worker each. None: memory where the cluster has GPUs (CPU-only clusters: no GPU at all).
+    pack: str | None = None
+    gpu_memory_gb: float | None = None  # None: read from a GPU node
 
 
 @dataclass(frozen=True)
@@ -66,6 +70,9 @@ class MemorySpec:
     context of one process (694 MiB, torch 2.11 + CUDA 13 on an H200: em_backbones/sizing/device.py)."""
 
     overhead_gb: float = CUDA_CONTEXT_BYTES / 1e9
+    # `search calibrate`'s corrections on the user's own GPU (em_backbones/sizing/calibration.py); None: a
+    # calibration.json in the working directory when there is one, else the estimator as it stands.
+    calibration: str | None = None
 
 
 @dataclass(frozen=True)

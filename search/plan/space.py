@@ -34,10 +34,11 @@ from search.plan.schema import (
 
 # Decoders whose pyramid pooling normalises a 1x1 map with BatchNorm: a batch of one cannot train.
 BATCHNORM_POOLING_DECODERS = ("UperNetDecoder",)
+PACKING = ("memory", "whole")
 
 TOP_KEYS = {"name", "scale", "objective", "tiers", "techniques", "training", "decoder", "data", "resources",
             "evaluation", "faults", "weights", "base", "memory"}
-FAULT_KEYS = {"trial", "kind", "epoch"}
+FAULT_KEYS = {"trial", "kind", "epoch", "attempts"}
 
 
 def load_space(path: str | Path) -> Space:
@@ -218,6 +219,10 @@ def parse_resources(c: FieldChecker, raw: dict) -> ResourceSpec:
     if resources.memory_budget_gb is not None:
         c.number(resources.memory_budget_gb, "resources.memory_budget_gb", 0.0, strictly=True)
     c.integer(resources.max_failures, "resources.max_failures", 0)
+    if resources.pack is not None:
+        c.one_of(resources.pack, "resources.pack", PACKING)
+    if resources.gpu_memory_gb is not None:
+        c.number(resources.gpu_memory_gb, "resources.gpu_memory_gb", 0.0, strictly=True)
     return resources
 
 
@@ -247,7 +252,10 @@ def parse_objective(c: FieldChecker, raw: Any) -> tuple[str, float | None]:
 
 def parse_memory(c: FieldChecker, raw: dict) -> MemorySpec:
     overhead = raw.get("overhead_gb", MemorySpec.overhead_gb)
-    return MemorySpec(overhead_gb=c.number(overhead, "memory.overhead_gb", 0.0))
+    calibration = raw.get("calibration")
+    if calibration is not None and (not isinstance(calibration, str) or not Path(calibration).expanduser().is_file()):
+        c.fail("memory.calibration", "the path of a calibration.json that `search calibrate` wrote", calibration)
+    return MemorySpec(overhead_gb=c.number(overhead, "memory.overhead_gb", 0.0), calibration=calibration)
 
 
 def parse_faults(c: FieldChecker, raw: Any, epochs: int) -> tuple[Fault, ...]:
@@ -266,7 +274,8 @@ def parse_faults(c: FieldChecker, raw: Any, epochs: int) -> tuple[Fault, ...]:
         epoch = c.integer(entry.get("epoch", 1), f"{path}.epoch", 1)
         if epoch > epochs:
             c.fail(f"{path}.epoch", f"an epoch the trial reaches (1..{epochs})", epoch)
-        faults.append(Fault(trial, kind, epoch))
+        attempts = c.integer(entry.get("attempts", 1), f"{path}.attempts", 1)
+        faults.append(Fault(trial, kind, epoch, attempts))
     if len({f.trial for f in faults}) != len(faults):
         c.fail("faults", "at most one fault per trial", [f.trial for f in faults])
     return tuple(faults)

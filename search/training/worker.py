@@ -137,6 +137,7 @@ def predicted_gb(space: Space, params: dict[str, Any]) -> float | None:
 def process_facts(cpus: float, import_seconds: float) -> dict[str, Any]:
     """Facts about the process a trial runs in, for the start-up breakdown and the leak benchmark."""
     return {"pid": os.getpid(), "trials_before_in_process": TRIALS_IN_THIS_PROCESS,
+            "gpu_ids": [str(g) for g in ray.get_gpu_ids()],
             "import_seconds": import_seconds, "rss_mb_at_start": psutil.Process().memory_info().rss / 2**20,
             "torch_threads": torch.get_num_threads(), "cpus": cpus}
 
@@ -174,8 +175,10 @@ def train(loop_config: dict[str, Any], report: Report, distributed: bool = False
         pl.seed_everything(config["seed_everything"], workers=True, verbose=False)
         datamodule = instantiate(config["data"])
         task = instantiate(config["model"])
-        trainer = trainer_for(config, [meter, reporter, chips, FaultGuard(space.fault_for(params.get("trial_number")))],
-                              distributed)
+        fault = space.fault_for(params.get("trial_number"))
+        if fault is not None and params.get("oom_retries", 0) >= fault.attempts:
+            fault = None  # injected on its first `attempts` runs only: an out-of-memory retry may then succeed
+        trainer = trainer_for(config, [meter, reporter, chips, FaultGuard(fault)], distributed)
         reporter.constant["setup_seconds"] = time.monotonic() - started
         trainer.fit(task, datamodule=datamodule)
         if params.get("evaluate_test"):
