@@ -54,7 +54,7 @@ def epochs_to_target(rows: list[dict[str, Any]], target: float) -> tuple[int | N
 
 def arm_space(raw: dict[str, Any], scheduler: str) -> dict[str, Any]:
     """The user's space with one scheduler and the held-out stage off; everything else as written."""
-    space = {**raw, "name": f"{raw.get('name', 'space')}-{scheduler}", "evaluation": {"top_k": 0}}
+    space = {**raw, "name": f"{raw.get('name', 'space')}-{scheduler}", "evaluation": {"folds": 0}}
     space["training"] = {**(raw.get("training") or {}), "scheduler": scheduler}
     return space
 

@@ -55,7 +55,7 @@ def load_space(trials: int, data_root: str | None) -> dict:
                      "grace_period": 1, "reduction_factor": 2, "num_samples": trials, "seed": 0},
         "data": {"root": data_root, "tile_size": 112},
         "decoder": {"name": "UperNetDecoder", "channels": 16},
-        "evaluation": {"top_k": 0},  # the search machinery alone; no held-out retraining
+        "evaluation": {"folds": 0},  # the search machinery alone; no held-out stage
     }
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
@@ -45,12 +46,28 @@ def search_around(example: str, tmp_path_factory, **overrides):
         ray.shutdown()
 
 
+def lighter_flood_base(tmp_path_factory) -> Path:
+    """spaces/base/flood_fit.yaml for one epoch on 128 px crops (the same config otherwise): what the tests search
+    around, to spend seconds rather than minutes per trial."""
+    config = yaml.safe_load((REPO / "spaces/base/flood_fit.yaml").read_text())
+    config["trainer"]["max_epochs"] = 1
+    for transforms in ("train_transform", "val_transform", "test_transform"):
+        for step in config["data"]["init_args"][transforms]:
+            if "Crop" in step["class_path"]:
+                step["init_args"] = {"height": 128, "width": 128}
+    path = tmp_path_factory.mktemp("base") / "flood_fit.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
 @pytest.fixture(scope="module")
 def flood_run(tmp_path_factory):
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(REPO)  # the example's data paths are relative to the repository root, as for `terratorch fit`
-        return search_around("flood_base.yaml", tmp_path_factory, training={"num_samples": 2},
-                             evaluation={"seeds": 2})
+        base = lighter_flood_base(tmp_path_factory)
+        outcome, space_file = search_around("flood_base.yaml", tmp_path_factory, training={"num_samples": 2},
+                                            evaluation={"seeds": 2}, base=str(base))
+        return outcome, space_file, base
 
 
 def fast_dev_run(best_yaml) -> subprocess.CompletedProcess:
@@ -59,20 +76,20 @@ def fast_dev_run(best_yaml) -> subprocess.CompletedProcess:
 
 
 def test_best_yaml_is_the_users_config_with_only_the_searched_parts_replaced(flood_run):
-    outcome, _ = flood_run
-    base = yaml.safe_load((REPO / "spaces/base/flood_fit.yaml").read_text())
+    outcome, _, base_path = flood_run
+    base = yaml.safe_load(base_path.read_text())
     best = yaml.safe_load((outcome.out_dir / "best.yaml").read_text())
     assert searched_parts_only(base, best) == []
     args = best["model"]["init_args"]["model_args"]
     assert args["backbone"] in ("em_prithvi", "em_terramind") and args["backbone_modalities"] == ["S1GRD"]
-    assert args["backbone_img_size"] == 256  # read from the datamodule's batches (the config's crops)
+    assert args["backbone_img_size"] == 128  # read from the datamodule's batches (the config's crops)
     assert best["model"]["init_args"]["class_weights"] == [0.3, 0.7]  # the user's loss settings, kept
     result = fast_dev_run(outcome.out_dir / "best.yaml")
     assert result.returncode == 0, result.stderr[-2000:]
 
 
 def test_trials_validate_and_baselines_score_on_the_datamodules_own_splits(flood_run):
-    outcome, _ = flood_run
+    outcome, _, _ = flood_run
     prepared = yaml.safe_load((outcome.out_dir / "data" / "prepared.json").read_text())
     assert len(prepared["tiles"]["val"]) == 2 and len(prepared["tiles"]["test"]) == 2  # the config's split files
     rows = pq.read_table(outcome.out_dir / "results.parquet").to_pylist()
@@ -88,7 +105,7 @@ def test_trials_validate_and_baselines_score_on_the_datamodules_own_splits(flood
 
 
 def test_a_finished_base_config_run_resumes(flood_run):
-    outcome, space_file = flood_run
+    outcome, space_file, _ = flood_run
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(REPO)
         try:

@@ -33,17 +33,23 @@ def test_two_workers_per_trial_train_data_parallel_on_shards_of_the_data(real_ch
     space_file = tmp_path / "space.yaml"
     space_file.write_text(yaml.safe_dump(prithvi_space(real_chips, **{
         "training.num_samples": 1, "resources.workers_per_trial": 2})))
-    printed: list[str] = []
+    answers: list[int] = []
+
+    def echo(line: str) -> None:
+        # Safe default: the embedded dashboard listens on loopback only and wants Ray's token (asked while the
+        # search runs: the run shuts its Ray down when it is done).
+        found = re.search(r"Ray dashboard: (http://\S+)", line)
+        if found:
+            assert found.group(1).startswith("http://127.0.0.1:")
+            with pytest.raises(urllib.error.HTTPError) as unauthorised:
+                urllib.request.urlopen(found.group(1) + "/api/v0/actors", timeout=10)
+            answers.append(unauthorised.value.code)
+
     try:
-        outcome = run_search(space_file, tmp_path / "run", echo=printed.append)
-        # Safe default: the embedded dashboard listens on loopback only and wants Ray's token.
-        url = re.search(r"Ray dashboard: (http://\S+)", "\n".join(printed)).group(1)
-        assert url.startswith("http://127.0.0.1:")
-        with pytest.raises(urllib.error.HTTPError) as unauthorised:
-            urllib.request.urlopen(url + "/api/v0/actors", timeout=10)
-        assert unauthorised.value.code == 401
+        outcome = run_search(space_file, tmp_path / "run", echo=echo)
     finally:
         ray.shutdown()
+    assert answers == [401]
     (row,) = outcome.rows
     assert row["status"] == "completed", row["error"]
     assert row["workers"] == 2 and len(row["worker_peak_gb"]) == 2 and len(row["worker_node_ids"]) == 2

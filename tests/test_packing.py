@@ -24,12 +24,12 @@ def packed_run(real_chips, tmp_path_factory):
     space = small_space(real_chips, tiers={2: ["em_clay", "em_terramind"]}, **{
         "techniques.gradient_checkpointing": [False], "training.num_samples": 8, "training.epochs": 1,
         "training.scheduler": "fifo", "memory.overhead_gb": 0.0,
-        "resources.gpu_memory_gb": GPU_GB, "resources.max_concurrent_trials": 4,
+        "resources.gpu_memory_gb": GPU_GB, "resources.max_concurrent_trials": 3,
         # Optuna trial 2 runs out of memory once (its retry succeeds), trial 3 on both of its runs.
         "faults": [{"trial": 2, "kind": "oom", "epoch": 1, "attempts": 1},
                    {"trial": 3, "kind": "oom", "epoch": 1, "attempts": 2}]})
     (tmp / "space.yaml").write_text(yaml.safe_dump(space))
-    ray.init(num_cpus=4, num_gpus=1, include_dashboard=False, log_to_driver=False)
+    ray.init(num_cpus=3, num_gpus=1, include_dashboard=False, log_to_driver=False)
     try:
         outcome = run_search(tmp / "space.yaml", tmp / "run", echo=lambda line: None)
     finally:

@@ -37,7 +37,7 @@ def finished_trials(out: Path, epochs: int) -> dict[str, list[dict]]:
 
 
 def test_sigkilled_search_resumes_without_losing_or_rerunning_trials(real_chips, tmp_path):
-    epochs = 10  # a warm trial of 10 tiny epochs lasts seconds: time to kill the driver in the middle of it
+    epochs = 6  # a warm trial of 6 tiny epochs lasts seconds: time to kill the driver in the middle of it
     space = small_space(real_chips, tiers={2: ["em_prithvi"]}, **{
         "techniques.gradient_checkpointing": [False], "training.num_samples": 2, "training.epochs": epochs,
         "training.grace_period": epochs, "resources.max_concurrent_trials": 1})

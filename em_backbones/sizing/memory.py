@@ -183,7 +183,7 @@ def account_training_step(model: nn.Module, batch: dict[str, torch.Tensor]) -> M
     for _ in range(2):
         recompute = RecomputeProbe(model)
         with SavedActivationCounter(exclude=model) as counter:
-            loss = sum(o.float().square().mean() for o in model(batch))
+            loss = sum(o.square().mean().float() for o in model(batch))  # the outputs as they are: no fp32 copy
         memory = MemoryBreakdown(weight_bytes(model), gradient_bytes(model), optimizer_state_bytes(optimizer),
                                  counter.bytes, recompute.measure(counter.seen))
         loss.backward()

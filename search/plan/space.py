@@ -289,7 +289,9 @@ def effective_space(space: Space, prepared) -> Space:
     trainer = prepared.base.get("trainer") or {}
     data = dataclasses.replace(space.data, modalities=tuple(prepared.modalities), tile_size=prepared.tile_size,
                                num_classes=prepared.num_classes)
-    training = dataclasses.replace(space.training, epochs=int(trainer.get("max_epochs") or space.training.epochs),
+    epochs = int(trainer.get("max_epochs") or space.training.epochs)
+    # ASHA's grace period cannot pass the epochs the user's trainer runs (defect: a 1-epoch base config crashed).
+    training = dataclasses.replace(space.training, epochs=epochs, grace_period=min(space.training.grace_period, epochs),
                                    precision=str(trainer.get("precision") or space.training.precision))
     model_args = prepared.base["model"]["init_args"]["model_args"]
     channels = model_args.get("decoder_channels")
