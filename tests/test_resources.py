@@ -19,10 +19,17 @@ def test_two_cpu_laptop_runs_two_single_worker_trials():
     assert concurrent == 2
 
 
-def test_gpu_cluster_gives_one_gpu_per_worker_and_counts_gpus():
+def test_gpu_cluster_packs_by_memory_by_default_and_counts_whole_gpus_when_told():
     trial, concurrent = plan_resources({"CPU": 64.0, "GPU": 8.0}, space_with(workers_per_trial=2, cpus_per_worker=4))
-    assert trial.use_gpu and trial.gpus_per_worker == 1.0
-    assert concurrent == 4  # 8 GPUs / (2 workers x 1 GPU); CPUs would allow 8
+    assert trial.use_gpu and trial.packed and trial.gpus_per_worker == 1.0
+    assert concurrent == 8  # packed: each trial's share is its own, so CPUs bound it (64 / (2 x 4))
+    trial, concurrent = plan_resources({"CPU": 64.0, "GPU": 8.0},
+                                       space_with(workers_per_trial=2, cpus_per_worker=4, pack="whole"))
+    assert not trial.packed and concurrent == 4  # 8 GPUs / (2 workers x 1 GPU); CPUs would allow 8
+    trial, _ = plan_resources({"CPU": 64.0, "GPU": 8.0}, space_with(gpus_per_worker=0.5))
+    assert not trial.packed and trial.gpus_per_worker == 0.5  # a space that fixes the count keeps it
+    trial, _ = plan_resources({"CPU": 2.0}, space_with())
+    assert not trial.packed and not trial.use_gpu  # CPU-only clusters: as before
 
 
 def test_concurrency_capped_by_space_and_samples():

@@ -17,10 +17,12 @@ that need TerraTorch are skipped, with that reason, where it is not installed.
 
 from __future__ import annotations
 
+import gc
 import os
 import platform
 import statistics
 import subprocess
+import sys
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -31,6 +33,7 @@ from em_backbones.bands import bands_of
 from em_backbones.catalog import get_spec
 from em_backbones.registry import build_backbone, ensure_registered
 from em_backbones.sizing.calibration import Calibration
+from em_backbones.sizing.counting import backbone_params
 from em_backbones.sizing.estimate import estimate
 from em_backbones.sizing.memory import account_training_step
 from em_backbones.techniques.config import NAMED_TECHNIQUES, Techniques
@@ -72,6 +75,7 @@ def process_gpu_memory_gb() -> float | None:
 
 def measure_cuda(name: str, scale: str, techniques: Techniques, batch: int, img: int) -> dict[str, float]:
     """Weights once on the GPU, then one AdamW step's peak (allocated and reserved) and the process's memory."""
+    gc.collect()  # the previous point's model, freed before this one's baseline is read
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()
     base = torch.cuda.memory_allocated()
@@ -121,7 +125,8 @@ def grid(backbones: list[str], techniques: list[str], cuda: bool) -> list[tuple[
                                  "bf16-true")["predicted_peak_gb"]
             except ImportError:
                 continue
-            if need * FULL_SCALE_HEADROOM < free and need < host_memory_gb() / 4:  # built on the host first
+            host_gb = backbone_params(b) * 4 / GB  # built on the host in fp32 before it moves (and quantizes)
+            if need * FULL_SCALE_HEADROOM < free and host_gb < host_memory_gb() / 2:
                 points.append((b, "full", FULL_SCALE_TECHNIQUE))
     return points
 
@@ -140,7 +145,12 @@ def run_point(name: str, scale: str, technique: str, cuda: bool) -> dict[str, An
         return {**row, "skipped": f"needs {err.name or err} (not installed here)"}
     precision = "bf16-true" if scale == "full" else "32-true"
     row.update(predicted(name, scale, techniques, batch, img, precision, allocator=cuda))
-    row.update((measure_cuda if cuda else measure_cpu)(name, scale, techniques, batch, img))
+    try:
+        row.update((measure_cuda if cuda else measure_cpu)(name, scale, techniques, batch, img))
+    except (RuntimeError, ValueError, torch.cuda.OutOfMemoryError) as err:  # one point's failure costs only itself
+        if cuda:
+            torch.cuda.empty_cache()
+        return {**row, "skipped": f"failed: {type(err).__name__}: {str(err).splitlines()[0][:160]}"}
     row["error"] = (row["allocated_peak_gb"] - row["predicted_peak_gb"]) / row["allocated_peak_gb"]
     return row
 
@@ -157,7 +167,10 @@ def device_facts(cuda: bool) -> tuple[str, str]:
 
 
 def calibration_of(rows: list[dict[str, Any]], cuda: bool) -> Calibration:
+    """Median ratios over the full-scale points where there are any (what packing and pruning size), else over all:
+    tiny models' fixed allocator pools (about 0.1 GB reserved on an H100) would dominate the reserve ratio."""
     measured = [r for r in rows if "skipped" not in r]
+    measured = [r for r in measured if r["scale"] == "full"] or measured
     device, driver = device_facts(cuda)
 
     def median_ratio(a: str, b: str) -> float:
@@ -187,13 +200,28 @@ def table(rows: list[dict[str, Any]], calibration: Calibration) -> str:
     return "\n".join(lines)
 
 
+def warm_up_cuda() -> None:
+    """cuBLAS and cuDNN allocate their workspaces at their first call: before the first point, not inside it."""
+    x = torch.randn(256, 256, device="cuda", requires_grad=True)
+    conv = torch.nn.Conv2d(4, 4, 3).cuda()
+    (x @ x).sum().backward()
+    conv(torch.randn(1, 4, 16, 16, device="cuda")).sum().backward()
+    torch.cuda.synchronize()
+
+
 def run_calibration(backbones: list[str], out: Path, techniques: list[str] | None = None,
                     echo=print) -> Calibration:
     cuda = torch.cuda.is_available()
+    if cuda:
+        warm_up_cuda()
     names = backbones
     rows = []
     for name, scale, technique in grid(names, techniques or list(GRID_TECHNIQUES), cuda):
         rows.append(run_point(name, scale, technique, cuda))
+        echo(f"measured {name} {scale} {technique}: " + ", ".join(
+            f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in rows[-1].items()
+            if k not in ("backbone", "scale", "technique")))
+        sys.stdout.flush()  # a long grid shows its rows as they come
     calibration = calibration_of(rows, cuda)
     calibration.save(out)
     echo(table(rows, calibration))
