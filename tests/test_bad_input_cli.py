@@ -88,3 +88,13 @@ def test_missing_space_file_and_resume_without_out(tmp_path, write_space, real_c
     assert_refused(*run_cli([str(tmp_path / "nope.yaml")], capsys), "space file not found")
     assert_refused(*run_cli([str(write_space(small_space(real_chips))), "--resume"], capsys),
                    "--resume needs --out DIR")
+
+
+def test_a_space_file_that_is_not_utf8_text_is_one_line(tmp_path, capsys):
+    """300 random bytes (as a user's corrupted download would be): one line, exit 2, nothing created."""
+    space_file = tmp_path / "random.yaml"
+    space_file.write_bytes(np.random.default_rng(7).integers(0, 256, 300, dtype=np.uint8).tobytes())
+    out = tmp_path / "run"
+    code, err = run_cli([str(space_file), "--out", str(out)], capsys)
+    assert_refused(code, err, f"{space_file}: expected a UTF-8 text (YAML) space file")
+    assert not out.exists()

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import rasterio
 import torch
+from rasterio.transform import from_origin
 from torchmetrics.classification import MulticlassJaccardIndex
 
 from search.data.tiles import IGNORE_INDEX, PreparedData
@@ -56,7 +57,8 @@ def write_tiles(root: Path, tiles: dict[str, tuple[np.ndarray, np.ndarray]], spl
         for folder, array, dtype in ((prepared.modality_dir("S1GRD"), image, "float32"),
                                      (prepared.label_dir, label[None], "int16")):
             with rasterio.open(folder / f"{tile_id}.tif", "w", driver="GTiff", height=array.shape[1],
-                               width=array.shape[2], count=array.shape[0], dtype=dtype) as dst:
+                               width=array.shape[2], count=array.shape[0], dtype=dtype,
+                               transform=from_origin(0, 0, 10, 10)) as dst:  # a 10 m grid
                 dst.write(array.astype(dtype))
         split = split_of[tile_id]
         prepared.tiles[split].append(tile_id)

@@ -8,6 +8,7 @@ CPUs); the tests read its outputs.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from datetime import datetime, timezone
@@ -144,6 +145,11 @@ def test_results_table_has_one_row_per_trial(finished_run):
         assert abs(span - row["wall_seconds"]) <= 1 and row["finished_at"] <= datetime.now(timezone.utc)
         assert row["node_ip"]
         assert row["status"] == ("completed" if row["epochs_run"] == 2 else "stopped_early")
+        # How busy it kept the machine: its process trained (CPU well above idle), held its model stack in RSS,
+        # and no GPU figure on a machine without one.
+        assert 20 < row["cpu_percent_mean"] <= row["cpu_percent_peak"] <= 100 * os.cpu_count() + 10
+        assert 0.3 < row["rss_gb_mean"] <= row["rss_gb_peak"] < 16
+        assert row["gpu_util_percent_mean"] is None and row["gpu_mem_gb_peak"] is None
 
 
 def test_optuna_study_persisted_in_run_directory_with_the_accuracy_floor_as_a_constraint(finished_run):
@@ -180,6 +186,9 @@ def test_mlflow_file_store_holds_one_run_per_trial_under_the_study(finished_run)
             assert tracked.data.metrics["peak_gb"] == pytest.approx(row["peak_gb"])
             history = client.get_metric_history(tracked.info.run_id, "val_miou")
             assert len(history) == row["epochs_run"]  # one point per epoch
+            # System metrics ride on the same reports: one point per epoch, the last one the row's.
+            rss = client.get_metric_history(tracked.info.run_id, "rss_gb_peak")
+            assert len(rss) == row["epochs_run"] and rss[-1].value == pytest.approx(row["rss_gb_peak"])
 
 
 def test_optuna_dashboard_opens_the_study_journal(finished_run):

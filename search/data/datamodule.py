@@ -31,7 +31,7 @@ def datamodule_init_args(prepared: PreparedData, batch_size: int, fold: int | No
         "stds": stds,
         "num_classes": prepared.num_classes,
         "image_grep": {m: ".tif" for m in prepared.modalities},
-        "label_grep": ".tif",
+        "label_grep": "*.tif",  # TerraTorch wants the wildcard; with exact names it strips it
         "allow_substring_file_names": False,
         "no_data_replace": 0.0,
         "no_label_replace": IGNORE_INDEX,

@@ -29,6 +29,9 @@ class ClusterError(UserError, RuntimeError):
 # Seconds a trial's Ray Train workers get to start (Ray's default, 60, is short for a busy node
 # importing torch, TerraTorch and Lightning into fresh worker processes).
 WORKER_START_TIMEOUT_S = "120"
+# Seconds a reused trial actor waits for the previous trial's thread to end (Tune's default, 2, is short for a
+# trial releasing its model on a loaded node: past it, Tune fails the next trial instead of waiting).
+FUNCTION_THREAD_TIMEOUT_S = "60"
 
 
 def connect(address: str | None) -> Any:
@@ -38,8 +41,9 @@ def connect(address: str | None) -> Any:
         return ray.get_runtime_context()
     # The job's runtime environment reaches every process of the search on every node, the Train
     # controllers included, which read the start timeout.
-    env_vars = {"RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": os.environ.get(
-        "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", WORKER_START_TIMEOUT_S)}
+    defaults = {"RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": WORKER_START_TIMEOUT_S,
+                "TUNE_FUNCTION_THREAD_TIMEOUT_S": FUNCTION_THREAD_TIMEOUT_S}
+    env_vars = {name: os.environ.get(name, value) for name, value in defaults.items()}
     kwargs: dict[str, Any] = {"log_to_driver": False, "configure_logging": True, "logging_level": "WARNING",
                               "runtime_env": {"env_vars": env_vars}}
     if address is None:

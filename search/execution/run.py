@@ -9,7 +9,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import shutil
+import signal
+import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -134,6 +138,10 @@ def run_search(space_path: str | Path, out: Path | None = None, address: str | N
 
     if address is not None:
         probe_reachable(address)
+    if mlflow is not None and not resume:
+        from search.execution.tracking import check_reachable, tracking_uri
+
+        check_reachable(tracking_uri(mlflow, out))  # before Ray starts and before anything is written
     with clock.step("data preparation"):
         prepared, location, data = reopen_run(space_path, out) if resume else start_run(space_path, space, out,
                                                                                           storage, echo)
@@ -156,7 +164,31 @@ def run_search(space_path: str | Path, out: Path | None = None, address: str | N
         raise
     from search.execution.finish import finish_run
 
-    return finish_run(space, session, prepared, out, location, resume, clock, echo, scores, floor)
+    with resumable_on_sigterm(space_path, out):
+        return finish_run(space, session, prepared, out, location, resume, clock, echo, scores, floor)
+
+
+@contextmanager
+def resumable_on_sigterm(space_path: str | Path, out: Path):
+    """SIGTERM (`kill`, SLURM's `scancel`) ends the driver at once, as SIGKILL would, with one line saying how to
+    go on: Tune's experiment state and Optuna's journal are written as trials finish, so the run directory is
+    resumable (tests/test_resume.py). Without this Ray's own handler prints stack traces for a plain stop."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, frame) -> None:
+        sys.stderr.write(
+            f"search stopped by SIGTERM; go on with: python -m search run {space_path} --out {out} --resume\n"
+        )
+        sys.stderr.flush()
+        os._exit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
 
 
 def search_baselines(prepared: PreparedData, seed: int) -> list[dict]:

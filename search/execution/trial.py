@@ -105,7 +105,8 @@ def run_trial(config: dict[str, Any], setup: TrialSetup) -> None:
         return
     resources = setup.resources
     loop_config = {"space_yaml": setup.space_yaml, "space_source": setup.space_source, "params": config,
-                   "data": setup.data, "cpus": resources.cpus_per_worker}
+                   "data": setup.data, "cpus": resources.cpus_per_worker,
+                   "trial_id": ray.tune.get_context().get_trial_id()}
     if resources.in_process:
         train, import_seconds = import_model_stack()
         train(loop_config, ray.tune.report, cpus=resources.cpus_per_worker, import_seconds=import_seconds)

@@ -15,6 +15,7 @@ import pyarrow as pa
 from em_backbones.techniques.config import searched_knobs, technique_knobs
 from search.plan.faults import CAUSE_INFEASIBLE, cause_of
 from search.plan.sampling import SEARCHED_PARAMS
+from search.training.system_metrics import COLUMNS as SYSTEM_COLUMNS
 
 STATUS_COMPLETED = "completed"
 STATUS_STOPPED = "stopped_early"
@@ -113,6 +114,8 @@ COLUMNS: tuple[Column, ...] = (
     _reported("setup_seconds"),  # config, datamodule, model and Trainer built
     _reported("fit_setup_seconds"),  # then Lightning's set-up inside fit, until the first batch
     _reported("rss_mb_at_start"),
+    # how busy it kept its machine, mean and peak over its training (search/training/system_metrics.py)
+    *(_reported(name) for name in SYSTEM_COLUMNS),
     _reported("chip_confusion", pa.string(), read=_json),  # held-out runs: {test chip: confusion matrix}
 )
 SCHEMA = pa.schema([(c.name, c.type) for c in COLUMNS])

@@ -37,6 +37,7 @@ from search.plan.terratorch_config import terratorch_config
 from search.training.chip_scores import ChipConfusion
 from search.training.fault_guard import FaultGuard
 from search.training.memory_meter import PeakMemoryMeter
+from search.training.system_metrics import SystemSampler
 
 VAL_METRIC = "val/mIoU"
 TEST_METRIC = "test/mIoU"
@@ -52,8 +53,10 @@ TRIALS_IN_THIS_PROCESS = 0  # how many trials this process trained before the cu
 class EpochReporter(pl.Callback):
     """After each epoch's validation: report mIoU, peak GB and their ratio (plus where and how it ran)."""
 
-    def __init__(self, meter: PeakMemoryMeter, report: Report, constant: dict[str, Any], overhead_gb: float) -> None:
+    def __init__(self, meter: PeakMemoryMeter, report: Report, constant: dict[str, Any], overhead_gb: float,
+                 system: SystemSampler) -> None:
         self.meter = meter
+        self.system = system
         self.overhead_gb = overhead_gb  # what the trial occupies beside its peak on its device (memory.overhead_gb)
         self.report = report
         self.constant = constant  # reported with every epoch: seed, process facts, the prediction
@@ -90,6 +93,7 @@ class EpochReporter(pl.Callback):
             "train_loss": loss,
             "peak_gb": peak_gb,
             "occupied_gb": peak_gb + self.overhead_gb,
+            **self.system.summary(),
             "memory_method": self.meter.method,
             "objective": objective_value(miou, peak_gb + self.overhead_gb),
             "train_seconds": time.monotonic() - self.started,
@@ -168,7 +172,8 @@ def train(loop_config: dict[str, Any], report: Report, distributed: bool = False
     meter = PeakMemoryMeter()
     constant = {**process_facts(cpus, import_seconds), "seed": config["seed_everything"], "fold": params.get("fold"),
                 "predicted_gb": predicted_gb(space, params)}
-    reporter = EpochReporter(meter, report, constant, space.memory.overhead_gb)
+    system = SystemSampler(constant["gpu_ids"], loop_config.get("trial_id")).start()
+    reporter = EpochReporter(meter, report, constant, space.memory.overhead_gb, system)
     chips = ChipConfusion(prepared.num_classes)
     trainer = task = datamodule = None
     try:
@@ -195,6 +200,7 @@ def train(loop_config: dict[str, Any], report: Report, distributed: bool = False
                 "objective": float("nan"), "epoch": epoch, "peak_gb": gigabytes(meter.peak_bytes),
                 "val_miou": float("nan")})
     finally:
+        system.stop()
         TRIALS_IN_THIS_PROCESS += 1
         del trainer, task, datamodule, reporter
         release_memory()
