@@ -29,4 +29,7 @@ if [[ $role == head ]]; then
 else
   args+=(--address="$EM_RAY_ADDRESS")
 fi
+# On SIGTERM Ray drains a node for up to 30 s before stopping it (for Serve replicas); a search's node is stopped
+# only once its search has ended or been cancelled, and SLURM kills what is left after KillWait (often 30 s).
+export RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S=${RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S:-0}
 exec "$EM_RAY" start "${args[@]}"

@@ -148,8 +148,12 @@ def run_search(space_path: str | Path, out: Path | None = None, address: str | N
     space = effective_space(space, prepared)  # a base config's shapes, epochs and precision
     # The baselines need only the tiles: they are fitted while Ray starts; the floor they set is needed by the
     # searcher before the first trial.
-    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="baselines")
+    pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="while-ray-starts")
     baselines = pool.submit(search_baselines, prepared, space.training.seed)
+    if space.resources.memory_budget_gb is not None:  # the searcher predicts each proposal's memory in the driver
+        from search.plan.sampling import warm_prediction
+
+        pool.submit(warm_prediction, space)
     pool.shutdown(wait=False)
     try:
         with clock.step("Ray start"):
@@ -231,6 +235,10 @@ def start_session(space: Space, context, out: Path, location: str, data: str, re
     resources, concurrent = plan_resources(ray.cluster_resources(), space)
     setup = trial_setup(space, (out / "space.yaml").read_text(), data, location, resources)
     gpu_memory = gpu_memory_gb(space.resources.gpu_memory_gb) if resources.packed else None
+    if gpu_memory is not None:  # packing predicts each proposal's memory in the driver: import its stack now
+        from search.plan.sampling import warm_prediction
+
+        warm_prediction(space)
     tuner = build_tuner(space, out, setup, concurrent, resume, callbacks=(tracking,) if tracking else (),
                         floor=floor["val_miou"] if floor else None, echo=echo, gpu_memory=gpu_memory)
     return SearchSession(context, setup, concurrent, tuner, tracking)

@@ -45,6 +45,14 @@ def predicted_peak_gb(space: Space, backbone: str, params: dict[str, Any]) -> fl
     return calibration.peak_bytes(predicted.weights, predicted.total - predicted.weights) / 1e9
 
 
+def warm_prediction(space: Space) -> None:
+    """One prediction ahead of the search, so its first proposal does not pay the model stack's import (about
+    10 s cold on 2 CPUs; Ray Tune warns when a define-by-run call takes over a second)."""
+    backbone = space.tiers[max(space.tiers)][0]
+    defaults = {name: knob_default(name) for name in space.techniques.choices}
+    predicted_peak_gb(space, backbone, {**defaults, "batch_size": space.training.batch_size[0]})
+
+
 def gpu_share(predicted_gb: float, overhead_gb: float, gpu_memory_gb: float, margin: float) -> float:
     """The GPU fraction a trial asks for: (prediction + per-process overhead) x (1 + margin) over the GPU's memory,
     rounded up to a hundredth (search/execution/packing.py); above 1 it cannot fit one GPU."""
