@@ -1,8 +1,8 @@
 """A real SLURM cluster on this one machine: munged, slurmctld and two slurmd in SLURM's multiple-slurmd mode
 (two node names, one host), with private sockets, ports, state and logs under one temp dir.
 
-Debian's `slurm-wlm` and `munge` are installed with apt-get where they are missing (root only); `unavailable()`
-says why a cluster cannot be had here. `stop()` ends exactly the daemons it started.
+Debian's `slurm-wlm` and `munge` are installed where they are missing (tests/debian.py); `unavailable()` says
+why a cluster cannot be had here. `stop()` ends exactly the daemons it started.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tests.debian import command_path, missing_reason
 from tests.local_cluster import free_port
 
 PACKAGES = ("slurm-wlm", "munge")
@@ -29,23 +30,7 @@ def unavailable() -> str | None:
     """None where SLURM's daemons are here or could be installed; else the reason they cannot."""
     if os.geteuid() != 0:
         return "slurmd runs jobs as their users: it needs root, and this test runs as another user"
-    if all(shutil.which(d) or Path("/usr/sbin", d).exists() for d in DAEMONS):
-        return None
-    if not shutil.which("apt-get"):
-        return f"Debian's {' and '.join(PACKAGES)} are not installed, and there is no apt-get to install them"
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    install = ["apt-get", "install", "-y", "-q", "--no-install-recommends", *PACKAGES]
-    done = subprocess.run(install, env=env, capture_output=True, text=True, timeout=900)
-    if done.returncode != 0:  # a fresh image may not have the package lists yet
-        subprocess.run(["apt-get", "update", "-q"], env=env, capture_output=True, timeout=900)
-        done = subprocess.run(install, env=env, capture_output=True, text=True, timeout=900)
-    if done.returncode != 0:
-        return f"apt-get could not install {' '.join(PACKAGES)}: {done.stderr.strip()[-300:]}"
-    return None
-
-
-def daemon(name: str) -> str:
-    return shutil.which(name) or str(Path("/usr/sbin", name))
+    return missing_reason(PACKAGES, DAEMONS)
 
 
 @dataclass
@@ -96,14 +81,14 @@ class SlurmCluster:
         key.write_bytes(os.urandom(1024))
         key.chmod(0o400)
         self.write_config()
-        self.spawn([daemon("munged"), "--foreground", "--force", f"--socket={self.root}/munge.sock",
+        self.spawn([command_path("munged"), "--foreground", "--force", f"--socket={self.root}/munge.sock",
                     f"--key-file={key}", f"--pid-file={self.root}/munged.pid", f"--log-file={self.root}/munged.log",
                     f"--seed-file={self.root}/munged.seed"], "munged")
         self.wait_for(lambda: (self.root / "munge.sock").exists(), "munged's socket")
-        self.spawn([daemon("slurmctld"), "-D", "-i", "-f", str(self.conf)], "slurmctld")
+        self.spawn([command_path("slurmctld"), "-D", "-i", "-f", str(self.conf)], "slurmctld")
         for node in NODES:
             (self.root / "spool" / node).mkdir(parents=True)
-            self.spawn([daemon("slurmd"), "-D", "-N", node, "-f", str(self.conf)], f"slurmd-{node}")
+            self.spawn([command_path("slurmd"), "-D", "-N", node, "-f", str(self.conf)], f"slurmd-{node}")
         self.wait_for(lambda: self.node_states() == {n: "idle" for n in NODES}, "both nodes idle in sinfo")
 
     def spawn(self, args: list[str], name: str) -> None:

@@ -4,14 +4,19 @@
 from __future__ import annotations
 
 import itertools
+import json
 import math
+import os
 import re
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 import ray
 import yaml
@@ -20,7 +25,9 @@ from search.data.tiles import PreparedData
 from search.execution.run import run_search
 from tests.conftest import REPO, small_space
 from tests.local_cluster import start_two_node_cluster
+from tests.prometheus import Prometheus, prometheus_missing, start_prometheus
 
+SEARCH = "twonodes"
 TRIAL_ACTOR = "ImplicitFunc"  # a single-worker trial trains in its Tune actor (a function trainable, reused)
 
 
@@ -73,18 +80,35 @@ def two_nodes():
     assert leftovers == [], f"processes of the test cluster survived stop(): {leftovers}"
 
 
-def test_search_joins_a_two_node_cluster_uses_both_nodes_and_is_visible_in_the_dashboard(
-        two_nodes, real_chips, tmp_path):
-    name = "twonodes"
+@dataclass
+class TwoNodeSearch:
+    output: str
+    out: Path
+    store: Path
+    best_seen: list[float]  # the search's gauges as the nodes' metrics endpoints showed them while it ran
+    done_seen: list[float]
+    prometheus: Prometheus | None
+    prometheus_missing: str | None  # why no Prometheus could be started here
+    window: tuple[float, float]  # when the search ran (Unix seconds)
+
+
+@pytest.fixture(scope="module")
+def two_node_search(two_nodes, real_chips, tmp_path_factory):
+    """One search on the two-node cluster, watched by the nodes' metrics endpoints and by Debian's Prometheus
+    started with the scrape configuration Ray generated for this cluster."""
+    tmp_path = tmp_path_factory.mktemp("twonodes")
     space_file = tmp_path / "space.yaml"
-    space_file.write_text(yaml.safe_dump(prithvi_space(real_chips, name=name, **{"training.num_samples": 3})))
+    space_file.write_text(yaml.safe_dump(prithvi_space(real_chips, name=SEARCH, **{"training.num_samples": 3})))
     out, store = tmp_path / "run", tmp_path / "store"
+    missing = prometheus_missing()
+    prometheus = None if missing else start_prometheus(two_nodes.temp_dir, tmp_path / "prometheus")
+    started = time.time()
     search = subprocess.Popen([sys.executable, "-m", "search", "run", str(space_file), "--out", str(out),
                                "--address", two_nodes.address, "--storage", store.as_uri()],
                               cwd=REPO, env=two_nodes.env(),
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     best_seen, done_seen = [], []
-    gauge = re.compile(r'^ray_(search_\w+)\{[^}]*search="' + name + r'"[^}]*\} (\S+)$', re.M)
+    gauge = re.compile(r'^ray_(search_\w+)\{[^}]*search="' + SEARCH + r'"[^}]*\} (\S+)$', re.M)
     while search.poll() is None:
         for metric, value in gauge.findall(two_nodes.metrics_text()):
             (best_seen if metric == "search_best_objective" else done_seen if metric == "search_trials_done"
@@ -92,7 +116,13 @@ def test_search_joins_a_two_node_cluster_uses_both_nodes_and_is_visible_in_the_d
         time.sleep(1)
     output = search.stdout.read()
     assert search.returncode == 0, output[-3000:]
+    yield TwoNodeSearch(output, out, store, best_seen, done_seen, prometheus, missing, (started, time.time()))
+    if prometheus is not None:
+        prometheus.stop()
 
+
+def test_search_joins_a_two_node_cluster_uses_both_nodes_and_is_visible_in_the_dashboard(two_nodes, two_node_search):
+    output, out, store = two_node_search.output, two_node_search.out, two_node_search.store
     # The search printed where to watch it, and the dashboard asks for the token as Ray intends.
     assert f"Ray dashboard: http://127.0.0.1:{two_nodes.dashboard_port}" in output
     assert "ray get-auth-token" in output
@@ -104,8 +134,6 @@ def test_search_joins_a_two_node_cluster_uses_both_nodes_and_is_visible_in_the_d
     assert forbidden.value.code == 403
 
     # Both nodes trained, and the state API agrees with results.parquet on where.
-    import pyarrow.parquet as pq
-
     rows = pq.read_table(out / "results.parquet").to_pylist()
     assert len(rows) == 3 and all(r["status"] == "completed" for r in rows), [r["error"] for r in rows]
     result_nodes = {node for r in rows for node in r["worker_node_ids"]}
@@ -128,9 +156,39 @@ def test_search_joins_a_two_node_cluster_uses_both_nodes_and_is_visible_in_the_d
     assert not (mirrored / "train").exists()  # single-worker trials train in their Tune actors: no Ray Train runs
 
     # Live metrics reached the nodes' Prometheus endpoints while the search ran.
-    assert done_seen and max(done_seen) >= 2
+    assert two_node_search.done_seen and max(two_node_search.done_seen) >= 2
     objectives = [r["objective"] for r in rows]
+    best_seen = two_node_search.best_seen
     assert best_seen and any(math.isclose(max(best_seen), o, rel_tol=1e-6) for o in objectives)
+
+
+def test_prometheus_reads_the_search_metrics_with_rays_scrape_config_and_every_dashboard_panel_has_data(
+        two_node_search):
+    """Debian's Prometheus, configured only by the file Ray generated, scraped both nodes during the search; each
+    panel of clusters/grafana/search-dashboard.json, evaluated by that Prometheus over the search's time, returns
+    the search's own figures (GPU panels: nothing, on nodes without a GPU)."""
+    if two_node_search.prometheus is None:
+        pytest.skip(two_node_search.prometheus_missing)
+    prometheus, window = two_node_search.prometheus, two_node_search.window
+    rows = pq.read_table(two_node_search.out / "results.parquet").to_pylist()
+    done = prometheus.query(f'max_over_time(ray_search_trials_done{{search="{SEARCH}"}}[1h])')
+    assert len(done) == 1 and 1 <= float(done[0]["value"][1]) <= len(rows)
+    (best,) = prometheus.query(f'max_over_time(ray_search_best_objective{{search="{SEARCH}"}}[1h])')
+    assert any(math.isclose(float(best["value"][1]), r["objective"], rel_tol=1e-6) for r in rows)
+    # Per-trial CPU from both nodes' trial processes, tagged with the results' trial ids.
+    cpu = prometheus.query(f'max_over_time(ray_search_trial_cpu_percent{{search="{SEARCH}"}}[1h])')
+    assert {c["metric"]["trial"] for c in cpu} <= {r["trial_id"] for r in rows} and len(cpu) >= 2
+    assert len({c["metric"]["instance"] for c in cpu}) == 2
+    assert all(0 < float(c["value"][1]) <= 100 * os.cpu_count() + 10 for c in cpu)
+    rss = prometheus.query(f'max_over_time(ray_search_trial_rss_gb{{search="{SEARCH}"}}[1h])')
+    assert all(0.3 < float(r["value"][1]) < 16 for r in rss) and len(rss) == len(cpu)
+
+    dashboard = json.loads((REPO / "clusters" / "grafana" / "search-dashboard.json").read_text())
+    for panel in dashboard["panels"]:
+        for target in panel["targets"]:
+            series = prometheus.query_range(target["expr"].replace("$search", SEARCH), *window)
+            expected_empty = "gpu" in target["expr"]  # no GPU on these nodes
+            assert bool(series) != expected_empty, (panel["title"], target["expr"])
 
 
 def test_trials_on_a_lost_node_are_retried_on_the_surviving_one(two_nodes, real_chips, tmp_path):
@@ -158,8 +216,6 @@ def test_trials_on_a_lost_node_are_retried_on_the_surviving_one(two_nodes, real_
     two_nodes.kill_node(two_nodes.nodes[1])
     output, _ = search.communicate(timeout=600)
     assert search.returncode == 0, output[-3000:]
-
-    import pyarrow.parquet as pq
 
     rows = pq.read_table(out / "results.parquet").to_pylist()
     assert [r["status"] for r in rows] == ["completed", "completed"], [r["error"] for r in rows]

@@ -10,8 +10,8 @@ A daemon thread in the trial's process samples every `interval` seconds while th
 
 Each epoch's report carries mean and peak so far (the last report is the trial's; results columns
 `cpu_percent_mean` ... `gpu_mem_gb_peak`, and MLflow logs them per epoch as it does every reported
-metric). While it runs, the same samples are published as Ray gauges tagged with the trial id, so a
-Grafana panel can plot each trial over time (clusters/grafana/search-dashboard.json).
+metric). While it runs, the same samples are published as Ray gauges tagged with the search's name and
+the trial id, so a Grafana panel can plot each trial over time (clusters/grafana/search-dashboard.json).
 
 Why not MLflow's own system-metrics monitor: it samples the whole host from the process that owns the
 MLflow run, which here is the driver (Tune's MLflow callback), not the trial's Ray actor, and trials
@@ -96,7 +96,7 @@ class SystemSampler:
     """Samples this process (and its GPUs) on a thread from `start` to `stop`; `summary` is mean and peak."""
 
     gpu_ids: list[str]
-    trial_id: str | None = None
+    tags: dict[str, str] | None = None  # {"search": name, "trial": id}: published as Ray gauges with these tags
     interval: float = SAMPLE_SECONDS
     series: dict[str, Series] = field(default_factory=dict)
 
@@ -107,7 +107,7 @@ class SystemSampler:
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self._last = (time.monotonic(), self.cpu_seconds())
-        self.gauges = trial_gauges() if self.trial_id else {}
+        self.gauges = trial_gauges(tuple(self.tags)) if self.tags else {}
 
     def start(self) -> SystemSampler:
         self._last = (time.monotonic(), self.cpu_seconds())
@@ -143,7 +143,7 @@ class SystemSampler:
                 self.series.setdefault(key, Series()).add(value, seconds)
         for name, (key, _) in TRIAL_GAUGES.items():
             if key in sample and name in self.gauges:
-                self.gauges[name].set(sample[key], tags={"trial": self.trial_id})
+                self.gauges[name].set(sample[key], tags=self.tags)
         return sample
 
     def summary(self) -> dict[str, float]:
@@ -153,7 +153,7 @@ class SystemSampler:
             return {k: v for key, series in self.series.items() for k, v in series.stats(key).items()}
 
 
-def trial_gauges() -> dict[str, Any]:
+def trial_gauges(tag_keys: tuple[str, ...]) -> dict[str, Any]:
     """Ray gauges for the per-trial samples; none outside a Ray worker (a plain process has no exporter)."""
     import ray
 
@@ -161,4 +161,4 @@ def trial_gauges() -> dict[str, Any]:
         return {}
     from ray.util.metrics import Gauge
 
-    return {name: Gauge(name, description=text, tag_keys=("trial",)) for name, (_, text) in TRIAL_GAUGES.items()}
+    return {name: Gauge(name, description=text, tag_keys=tag_keys) for name, (_, text) in TRIAL_GAUGES.items()}

@@ -172,7 +172,8 @@ def train(loop_config: dict[str, Any], report: Report, distributed: bool = False
     meter = PeakMemoryMeter()
     constant = {**process_facts(cpus, import_seconds), "seed": config["seed_everything"], "fold": params.get("fold"),
                 "predicted_gb": predicted_gb(space, params)}
-    system = SystemSampler(constant["gpu_ids"], loop_config.get("trial_id")).start()
+    trial_id = loop_config.get("trial_id")
+    system = SystemSampler(constant["gpu_ids"], {"search": space.name, "trial": trial_id} if trial_id else None).start()
     reporter = EpochReporter(meter, report, constant, space.memory.overhead_gb, system)
     chips = ChipConfusion(prepared.num_classes)
     trainer = task = datamodule = None
