@@ -51,7 +51,10 @@ class LocalCluster:
     def env(self) -> dict[str, str]:
         """Environment for every process that talks to this cluster: token auth, this token."""
         env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_TOKEN_PATH")}
-        env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=self.token, RAY_USAGE_STATS_ENABLED="0")
+        env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=self.token, RAY_USAGE_STATS_ENABLED="0",
+                   # Every process pushes its metrics to its node's exporter each second (Ray's default: 10 s),
+                   # so a trial process of a few seconds is seen before the search ends it.
+                   RAY_metrics_report_interval_ms="1000")
         return env
 
     def start_node(self, head: bool, num_cpus: int = 1) -> subprocess.Popen:

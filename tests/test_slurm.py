@@ -74,7 +74,7 @@ def test_sbatch_search_cancelled_then_resumed_on_two_nodes(slurm, real_chips, tm
     assert job["JobState"] == "CANCELLED"
     before = finished_trials(out, EPOCHS)
     first_output = (tmp_path / f"job-{first}.out").read_text()
-    assert f"go on with: python -m search run {space_file} --out {out} --resume" in first_output
+    assert f"stopping the search (resume with: --out {out} --resume)" in first_output
     assert not (out / "results.parquet").exists() and (out / "optuna_journal.log").is_file()
     assert 1 <= len(before) < 4
 
