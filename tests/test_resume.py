@@ -88,3 +88,17 @@ def test_resume_refuses_a_directory_without_a_run(real_chips, write_space, tmp_p
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"error: --resume {empty}: holds no search run to resume") and "\n" not in err
     assert sorted(p.name for p in empty.iterdir()) == ["notes.txt"]  # nothing added, nothing removed
+
+
+def test_sigterm_during_a_search_ends_it_with_one_line_saying_how_to_resume(tmp_path):
+    """`kill` or a scheduler's SIGTERM while the search runs: exit 143 and one line naming the resume command,
+    instead of Ray's handler's stack traces (the run directory is resumable as after SIGKILL, above)."""
+    program = ("import os, signal, time\nfrom pathlib import Path\n"
+               "from search.execution.run import resumable_on_sigterm\n"
+               "with resumable_on_sigterm('spaces/x.yaml', Path('/runs/x')):\n"
+               "    os.kill(os.getpid(), signal.SIGTERM)\n    time.sleep(30)\n"
+               "print('not reached')\n")
+    done = subprocess.run([sys.executable, "-c", program], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 128 + signal.SIGTERM and done.stdout == ""
+    assert done.stderr == ("search stopped by SIGTERM; go on with: "
+                           "python -m search run spaces/x.yaml --out /runs/x --resume\n")
