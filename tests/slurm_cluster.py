@@ -21,8 +21,8 @@ from pathlib import Path
 from tests.debian import command_path, missing_reason
 from tests.local_cluster import free_port
 
-PACKAGES = ("slurm-wlm", "munge")
-DAEMONS = ("munged", "slurmctld", "slurmd", "sbatch")
+PACKAGES = ("slurm-wlm", "munge", "slurmdbd", "mariadb-server")
+DAEMONS = ("munged", "slurmctld", "slurmd", "sbatch", "slurmdbd", "mariadbd", "mariadb-install-db", "sacct")
 NODES = ("node1", "node2")
 
 
@@ -37,6 +37,7 @@ def unavailable() -> str | None:
 class SlurmCluster:
     root: Path
     daemons: list[subprocess.Popen] = field(default_factory=list)
+    dbd_port: int = field(default_factory=free_port)
 
     @property
     def conf(self) -> Path:
@@ -66,14 +67,57 @@ class SlurmCluster:
             "ProctrackType=proctrack/linuxproc\nTaskPlugin=task/none",
             "SelectType=select/cons_tres\nSelectTypeParameters=CR_CPU\nSchedulerType=sched/backfill",
             "MpiDefault=none\nReturnToService=2\nJobAcctGatherType=jobacct_gather/none",
-            "AccountingStorageType=accounting_storage/none",
-            # No accounting database: each finished job's state is a line in this file (and scontrol keeps it).
-            f"JobCompType=jobcomp/filetxt\nJobCompLoc={self.root}/jobcomp.txt",
+            # Accounting as a site has it (sacct): slurmdbd over a MariaDB of this cluster's own.
+            "AccountingStorageType=accounting_storage/slurmdbd\nAccountingStorageHost=127.0.0.1",
+            # For munge, the "password" is munged's socket (the clients' connection to slurmdbd ignores AuthInfo).
+            f"AccountingStoragePort={self.dbd_port}\nAccountingStoragePass={munge_socket}",
             "KillWait=30\nMinJobAge=600",
             *node_lines,
             f"PartitionName=debug Nodes={','.join(NODES)} Default=YES MaxTime=INFINITE State=UP",
             "",
         ]))
+
+    def write_dbd_config(self, db_port: int) -> None:
+        conf = self.root / "slurmdbd.conf"  # beside slurm.conf, where SLURM looks for it
+        conf.write_text("\n".join([
+            f"AuthType=auth/munge\nAuthInfo=socket={self.root}/munge.sock",
+            f"DbdAddr=127.0.0.1\nDbdHost={socket.gethostname()}\nDbdPort={self.dbd_port}\nSlurmUser=root",
+            f"PidFile={self.root}/slurmdbd.pid\nLogFile={self.root}/slurmdbd.log",
+            "StorageType=accounting_storage/mysql\nStorageHost=127.0.0.1",
+            f"StoragePort={db_port}\nStorageUser=root\nStorageLoc=slurm_acct_db",
+            "",
+        ]))
+        conf.chmod(0o600)  # slurmdbd refuses a readable one: it may hold the database password
+
+    def start_accounting(self) -> None:
+        """A private MariaDB (no grant tables: only this test reaches its port), slurmdbd over it, and the
+        cluster with one account registered, as `sacctmgr` does at a site."""
+        db = self.root / "db"
+        subprocess.run([command_path("mariadb-install-db"), "--no-defaults", f"--datadir={db}", "--user=root",
+                        "--skip-test-db", "--auth-root-authentication-method=normal"],
+                       check=True, capture_output=True, timeout=120)
+        db_port = free_port()
+        self.spawn([command_path("mariadbd"), "--no-defaults", f"--datadir={db}", f"--socket={self.root}/db.sock",
+                    f"--port={db_port}", "--bind-address=127.0.0.1", "--user=root", "--skip-grant-tables",
+                    f"--pid-file={self.root}/db.pid"], "mariadbd")
+        self.wait_for(lambda: (self.root / "db.sock").exists(), "MariaDB socket")
+        self.write_dbd_config(db_port)
+        self.spawn([command_path("slurmdbd"), "-D"], "slurmdbd")
+        for args in (["add", "cluster", "emsearch"], ["add", "account", "em", "Cluster=emsearch"],
+                     ["add", "user", "root", "Account=em", "Cluster=emsearch"]):
+            self.wait_for(lambda: subprocess.run(["sacctmgr", "-i", *args], env=self.env(), capture_output=True)
+                          .returncode == 0 or "already exists" in self.sacctmgr_last(args), f"sacctmgr {args}")
+
+    def sacctmgr_last(self, args: list[str]) -> str:
+        done = subprocess.run(["sacctmgr", "-i", *args], env=self.env(), capture_output=True, text=True)
+        return done.stdout + done.stderr
+
+    def sacct(self, job_id: str) -> str:
+        """The job's allocation line from SLURM's accounting: id, name, state, exit code, nodes, elapsed."""
+        done = subprocess.run(["sacct", "-j", job_id, "-X", "-n", "-P", "-o",
+                               "JobID,JobName,State,ExitCode,NNodes,NodeList,Start,End,Elapsed"],
+                              env=self.env(), capture_output=True, text=True, check=True)
+        return done.stdout.strip()
 
     def start(self) -> None:
         (self.root / "state").mkdir()
@@ -85,6 +129,7 @@ class SlurmCluster:
                     f"--key-file={key}", f"--pid-file={self.root}/munged.pid", f"--log-file={self.root}/munged.log",
                     f"--seed-file={self.root}/munged.seed"], "munged")
         self.wait_for(lambda: (self.root / "munge.sock").exists(), "munged's socket")
+        self.start_accounting()
         self.spawn([command_path("slurmctld"), "-D", "-i", "-f", str(self.conf)], "slurmctld")
         for node in NODES:
             (self.root / "spool" / node).mkdir(parents=True)

@@ -2,7 +2,7 @@
 
 Two jobs of two nodes each over one tiny space: the first is cancelled with `scancel` once a trial has finished;
 the second resumes it with `--resume`, keeps that trial, trains the rest on both SLURM nodes and ends COMPLETED
-with none of its Ray processes left.
+with none of its Ray processes left; SLURM's own accounting (slurmdbd, `sacct`) records both jobs.
 """
 
 from __future__ import annotations
@@ -24,6 +24,9 @@ from tests.test_resume import finished_trials
 
 SCRIPT = REPO / "clusters" / "slurm" / "search.sbatch"
 EPOCHS = 3
+# Six trials, two at a time: the search goes on for well over Tune's 10 s between snapshots of its state (what
+# a resume reads) after the first trials finish, so the cancel lands mid-search with a finished trial on disk.
+TRIALS = 6
 
 
 @pytest.fixture(scope="module")
@@ -48,6 +51,15 @@ def job_processes(job_id: str) -> list[psutil.Process]:
     return left
 
 
+def accounted(slurm, job_id: str, timeout: float = 30) -> str:
+    """The job's sacct line once slurmctld has sent its end to slurmdbd."""
+    deadline = time.monotonic() + timeout
+    while not (line := slurm.sacct(job_id)) or line.split("|")[2] in ("RUNNING", "PENDING"):
+        assert time.monotonic() < deadline, f"sacct has no finished record of job {job_id}: {line!r}"
+        time.sleep(1)
+    return line
+
+
 def ray_nodes_of(output: str) -> dict[str, str]:
     """Ray node id -> SLURM node, from the lines the script prints once every node has joined."""
     return dict(re.findall(r"em-search: ray node (\w+) on (\S+) ", output))
@@ -56,7 +68,7 @@ def ray_nodes_of(output: str) -> dict[str, str]:
 def test_sbatch_search_cancelled_then_resumed_on_two_nodes(slurm, real_chips, tmp_path):
     space_file = tmp_path / "space.yaml"
     space_file.write_text(yaml.safe_dump(small_space(real_chips, name="slurm", tiers={2: ["em_prithvi"]}, **{
-        "techniques.gradient_checkpointing": [False], "training.num_samples": 4, "training.epochs": EPOCHS,
+        "techniques.gradient_checkpointing": [False], "training.num_samples": TRIALS, "training.epochs": EPOCHS,
         "training.grace_period": EPOCHS, "evaluation.folds": 0})))
     out = tmp_path / "runs" / "slurm-search"
     env = {"EM_SEARCH_PYTHON": sys.executable, "EM_SEARCH_RUNS": str(tmp_path / "runs")}
@@ -76,7 +88,7 @@ def test_sbatch_search_cancelled_then_resumed_on_two_nodes(slurm, real_chips, tm
     first_output = (tmp_path / f"job-{first}.out").read_text()
     assert f"stopping the search (resume with: --out {out} --resume)" in first_output
     assert not (out / "results.parquet").exists() and (out / "optuna_journal.log").is_file()
-    assert 1 <= len(before) < 4
+    assert 1 <= len(before) < TRIALS
 
     # Job 2: resumes the run directory and finishes it.
     second = slurm.sbatch(*submit, str(SCRIPT), str(space_file), "--out", str(out), "--resume", cwd=REPO, env=env)
@@ -86,7 +98,7 @@ def test_sbatch_search_cancelled_then_resumed_on_two_nodes(slurm, real_chips, tm
     assert "— resuming" in second_output
 
     rows = pq.read_table(out / "results.parquet").to_pylist()
-    assert len(rows) == 4 and all(r["status"] == "completed" for r in rows), [r["error"] for r in rows]
+    assert len(rows) == TRIALS and all(r["status"] == "completed" for r in rows), [r["error"] for r in rows]
     after = finished_trials(out, EPOCHS)
     for trial_id, results in before.items():  # finished before scancel: kept as they were, not trained again
         assert after[trial_id] == results
@@ -95,6 +107,11 @@ def test_sbatch_search_cancelled_then_resumed_on_two_nodes(slurm, real_chips, tm
     assert sorted(nodes.values()) == list(NODES)
     trained_in_second = [r for r in rows if r["trial_id"] not in before]
     assert {nodes[n] for r in trained_in_second for n in r["worker_node_ids"]} == set(NODES)
+    # SLURM's accounting agrees: two nodes each, the first cancelled, the second completed with exit 0.
+    first_line, second_line = accounted(slurm, first), accounted(slurm, second)
+    print(f"sacct: {first_line}\nsacct: {second_line}")
+    assert first_line.split("|")[2].startswith("CANCELLED") and first_line.split("|")[4] == "2"
+    assert second_line.split("|")[2:5] == ["COMPLETED", "0:0", "2"]
     # Nothing of either job is left running, and the jobs' Ray temp dirs are gone.
     for job_id in (first, second):
         assert job_processes(job_id) == []
