@@ -65,7 +65,7 @@ def capacity_command(args) -> int:
         from benchmarks.simulate import simulate
 
         simulate(Path(args.simulate), args.gpus_per_node, args.gpu_gb, args.repeats,
-                 batch_sizes=tuple(args.batch_sizes) if args.batch_sizes else None)
+                 batch_sizes=tuple(args.batch_sizes) if args.batch_sizes else None, time_scale=args.time_scale)
         return 0
     print(capacity_table(capacity_rows(args.gpu_gb, args.gpus_per_node, tuple(args.batch_sizes or (1, 4))), args.gpu_gb,
                          args.gpus_per_node))

@@ -9,14 +9,15 @@ A trial runs `STEPS` steps; a step alone takes 6·N·T FLOPs (N the backbone's p
 tokens of a batch: forward 2NT, backward 4NT, LoRA's few trainable weights aside) at `EFFECTIVE_TFLOPS`
 times its GPU utilisation u = min(1, T / SATURATION_TOKENS) (a batch-1 QLoRA step keeps a large
 GPU mostly idle); trials sharing a GPU slow each other once their utilisations sum past 1 (each
-step takes max(1, Σu) times as long). Simulated seconds run `TIME_SCALE` times faster than real
-ones. Printed: trials in flight (most and mean), simulated wall time, the fullest GPU's memory,
+step takes max(1, Σu) times as long). Simulated seconds run `time_scale` (default 200) times faster than
+real ones. Printed: trials in flight (most and mean), simulated wall time, the fullest GPU's memory,
 and the packed / one-GPU ratios; no simulated GPU may exceed its memory.
 """
 
 from __future__ import annotations
 
 import itertools
+import logging
 import os
 import time
 from dataclasses import dataclass
@@ -30,7 +31,6 @@ EFFECTIVE_TFLOPS = 400.0  # bf16 an H100-class GPU sustains on large matmuls (ab
 SATURATION_TOKENS = 8192  # tokens per step from which one trial keeps the GPU busy
 STEPS = 200
 CHUNK = 20  # steps between two looks at how loaded the GPU is
-TIME_SCALE = 200.0  # simulated seconds per real second
 
 
 @dataclass(frozen=True)
@@ -46,7 +46,8 @@ class SimTrial:
 class GpuLoad:
     """Which trial runs on which GPU, with what utilisation and memory; the most in flight at once."""
 
-    def __init__(self) -> None:
+    def __init__(self, time_scale: float) -> None:
+        self.time_scale = time_scale
         self.running: dict[str, tuple[str, float, float]] = {}
         self.most, self.samples, self.fullest = 0, [], {}
         self.first = self.last = None
@@ -70,7 +71,7 @@ class GpuLoad:
         """Wall time from the first trial's start to the last one's end, in simulated hours."""
         return {"most": self.most, "mean": sum(self.samples) / max(1, len(self.samples)),
                 "fullest_gb": max(self.fullest.values(), default=0.0),
-                "wall_hours": (self.last - self.first) * TIME_SCALE / 3600}
+                "wall_hours": (self.last - self.first) * self.time_scale / 3600}
 
 
 def simulated_trial(config: dict) -> None:
@@ -81,7 +82,7 @@ def simulated_trial(config: dict) -> None:
     ray.get(load.start.remote(trial, gpu, config["utilisation"], config["need_gb"]))
     for _ in range(STEPS // CHUNK):
         slowdown = max(1.0, ray.get(load.load.remote(gpu)))
-        time.sleep(CHUNK * config["step_seconds"] * slowdown / TIME_SCALE)
+        time.sleep(CHUNK * config["step_seconds"] * slowdown / config["time_scale"])
     ray.get(load.stop.remote(trial))
     tune.report({"done": 1})
 
@@ -117,14 +118,18 @@ def configurations(space_path: Path, gpu_gb: float, overhead_gb: float, qlora_on
     return trials
 
 
-def replay(trials: list[SimTrial], packed: bool, gpus: int, gpu_gb: float, overhead_gb: float) -> dict:
+def replay(trials: list[SimTrial], packed: bool, gpus: int, gpu_gb: float, overhead_gb: float,
+           time_scale: float) -> dict:
     """One simulated search: every trial through Tune, on a fresh local Ray with `gpus` declared GPUs."""
     os.environ["RAY_AIR_NEW_OUTPUT"] = "0"  # Tune's quiet output engine, as the search uses
-    ray.init(num_cpus=4 * gpus * 4, num_gpus=gpus, include_dashboard=False, log_to_driver=False, namespace="simulate")
+    # A private local Ray for the replay; Ray's start-up notices (token, instance started) say nothing here.
+    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
+    ray.init(num_cpus=4 * gpus * 4, num_gpus=gpus, include_dashboard=False, log_to_driver=False, namespace="simulate",
+             logging_level="WARNING")
     try:
-        load = GpuLoad.options(name="gpu_load").remote()
+        load = GpuLoad.options(name="gpu_load").remote(time_scale)
         configs = [{"share": t.share if packed else 1.0, "utilisation": t.utilisation, "step_seconds": t.step_seconds,
-                    "need_gb": (t.predicted_gb + overhead_gb) * 1.1} for t in trials]
+                    "need_gb": (t.predicted_gb + overhead_gb) * 1.1, "time_scale": time_scale} for t in trials]
         trainable = tune.with_resources(simulated_trial, lambda c: PlacementGroupFactory([{"CPU": 1, "GPU": c["share"]}]))
         tune.Tuner(trainable, param_space=tune.grid_search(configs),
                    tune_config=tune.TuneConfig(max_concurrent_trials=len(configs), reuse_actors=True),
@@ -136,12 +141,13 @@ def replay(trials: list[SimTrial], packed: bool, gpus: int, gpu_gb: float, overh
 
 def simulate(space_path: Path, gpus: int = 8, gpu_gb: float = 80.0, repeats: int = 24,
              overhead_gb: float = 694 * 2**20 / 1e9, batch_sizes: tuple[int, ...] | None = None,
-             echo=print) -> dict[str, dict]:
+             echo=print, time_scale: float = 200.0) -> dict[str, dict]:
     grid = [t for t in configurations(space_path, gpu_gb, overhead_gb, batch_sizes=batch_sizes) if t.share <= 1.0]
     for t in grid:
         echo(f"  {t.label}: predicted {t.predicted_gb:.1f} GB, GPU share {t.share:.2f}, utilisation {t.utilisation:.2f}")
     trials = [t for _ in range(repeats) for t in grid]
-    results = {mode: replay(trials, mode == "packed", gpus, gpu_gb, overhead_gb) for mode in ("one GPU each", "packed")}
+    results = {mode: replay(trials, mode == "packed", gpus, gpu_gb, overhead_gb, time_scale)
+               for mode in ("one GPU each", "packed")}
     echo(simulation_table(results, len(trials), gpus, gpu_gb))
     return results
 

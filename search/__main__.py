@@ -78,6 +78,8 @@ def capacity_arguments(capacity: argparse.ArgumentParser) -> None:
                           help="replay SPACE's grid at full scale on --gpus-per-node simulated GPUs through Ray's "
                                "scheduler, packed by memory against one GPU per trial")
     capacity.add_argument("--repeats", type=int, default=24, help="--simulate: each configuration this many times")
+    capacity.add_argument("--time-scale", type=float, default=200.0,
+                          help="--simulate: simulated seconds per real second (higher: quicker, coarser)")
 
 
 def calibrate_arguments(calibrate: argparse.ArgumentParser) -> None:

@@ -90,7 +90,7 @@ def test_peer_bench_alternates_the_peer_and_this_search_and_prints_the_ratio(rea
 
 def test_capacity_simulation_packs_more_trials_than_one_gpu_each_and_fills_no_gpu_past_its_memory():
     done = search("capacity", "--simulate", "spaces/tier3.yaml", "--batch-sizes", "1", "--gpus-per-node", "2",
-                  "--repeats", "4")
+                  "--repeats", "4", "--time-scale", "600")
     assert done.returncode == 0, done.stderr[-2000:]
     table = done.stdout[done.stdout.index("QLoRA trials on"):]
     whole, packed = (line.split()[-4:] for line in table.splitlines()[2:4])  # most, mean, wall h, fullest GB
