@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+from ray.tune.result import TRAINING_ITERATION
 from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
@@ -87,6 +88,16 @@ class FailureAwareOptunaSearch(OptunaSearch):
         self.configs[trial_id] = config
         self.running.add(trial_id)
         return config
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        """Each epoch's value reaches its Optuna trial once: an out-of-memory retry, or a trial that a resumed
+        search runs again, reports epochs its Optuna trial already holds (Optuna would keep the first and warn)."""
+        ot_trial = self._ot_trials.get(trial_id)
+        if ot_trial is not None and not isinstance(self.metric, list):
+            held = self._ot_study.get_trials(deepcopy=False)[ot_trial.number].intermediate_values
+            if result.get(TRAINING_ITERATION) in held:
+                return
+        super().on_trial_result(trial_id, result)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         self.running.discard(trial_id)
