@@ -7,8 +7,6 @@ so a search of seconds is scraped several times.
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import time
 import urllib.error
@@ -19,6 +17,7 @@ from pathlib import Path
 
 import yaml
 
+from search.execution.processes import end_session
 from tests.debian import command_path, missing_reason
 from tests.local_cluster import free_port
 
@@ -52,11 +51,7 @@ class Prometheus:
         return self.api("query_range", query=expr, start=start, end=end, step=step)
 
     def stop(self) -> None:
-        try:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            self.process.wait(timeout=15)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            os.killpg(self.process.pid, signal.SIGKILL)
+        end_session(self.process)
 
 
 def start_prometheus(ray_temp_dir: Path, data_dir: Path) -> Prometheus:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import random
 import shutil
-import signal
 import socket
 import subprocess
 import tempfile
@@ -18,6 +17,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from search.execution.processes import end_session
 from tests.debian import command_path, missing_reason
 from tests.local_cluster import free_port
 
@@ -174,14 +174,7 @@ class SlurmCluster:
 
     def stop(self) -> None:
         for process in reversed(self.daemons):
-            try:
-                os.killpg(process.pid, signal.SIGTERM)
-                process.wait(timeout=15)
-            except (ProcessLookupError, subprocess.TimeoutExpired):
-                try:
-                    os.killpg(process.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+            end_session(process)
         shutil.rmtree(self.root, ignore_errors=True)
 
 

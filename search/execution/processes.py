@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
 
 import psutil
 
@@ -28,3 +30,14 @@ def kill_session(leader: int) -> list[psutil.Process]:
         except psutil.NoSuchProcess:
             pass
     return found
+
+
+def end_session(leader: subprocess.Popen, grace: float = 15.0) -> None:
+    """SIGTERM the group a `start_new_session` child leads, give it `grace` seconds (daemons save their state
+    then), and SIGKILL whatever of its session is still alive; one already gone is fine."""
+    try:
+        os.killpg(leader.pid, signal.SIGTERM)
+        leader.wait(timeout=grace)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        pass
+    kill_session(leader.pid)
