@@ -102,3 +102,37 @@ def test_sigterm_during_a_search_ends_it_with_one_line_saying_how_to_resume(tmp_
     assert done.returncode == 128 + signal.SIGTERM and done.stdout == ""
     assert done.stderr == ("search stopped by SIGTERM; go on with: "
                            "python -m search run spaces/x.yaml --out /runs/x --resume\n")
+
+
+KILLED_MID_WRITE = """import sys, time, pyarrow.fs as pafs
+from search.data.storage import whole_file_storage
+fs = whole_file_storage(sys.argv[2]) if sys.argv[1] == "whole" else pafs.LocalFileSystem()
+stream = fs.open_output_stream(sys.argv[2])
+stream.write(b"new state " * 50_000)
+stream.flush()
+print("half", flush=True)
+time.sleep(60)
+stream.write(b"new state " * 50_000)
+stream.close()
+"""
+
+
+def killed_mid_write(filesystem: str, target: Path) -> bytes:
+    """What `target` holds after a process that was rewriting it through pyarrow, as Tune's sync does, is killed."""
+    target.write_bytes(b"old state, whole")
+    writer = subprocess.Popen([sys.executable, "-c", KILLED_MID_WRITE, filesystem, str(target)], cwd=REPO,
+                              stdout=subprocess.PIPE, text=True)
+    assert writer.stdout.readline() == "half\n"
+    writer.kill()
+    writer.wait()
+    return target.read_bytes()
+
+
+def test_a_state_file_rewritten_when_the_driver_is_killed_stays_whole(tmp_path):
+    """Tune copies its experiment state into storage with pyarrow. Straight into the file, a kill mid-copy leaves a
+    part of the new state that no resume can read (the CI failure: EOFError unpickling the searcher); through the
+    run's storage filesystem the old whole file stays until the new one is whole."""
+    assert killed_mid_write("local", tmp_path / "plain.pkl") == b"new state " * 50_000  # half of the new state
+    assert killed_mid_write("whole", tmp_path / "state.pkl") == b"old state, whole"
+    leftovers = [p.name for p in tmp_path.iterdir() if p.name.endswith(".partial")]
+    assert len(leftovers) == 1 and leftovers[0].startswith(".state.pkl.")  # removed by the next --resume

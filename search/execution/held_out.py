@@ -25,6 +25,7 @@ from typing import Any
 import pyarrow as pa
 from ray import tune
 
+from search.data.storage import whole_file_storage
 from search.execution.trial import TrialSetup, run_confirmation, run_trial
 from search.execution.tuner import run_config, with_trial_resources
 from search.outcome.export import write_results
@@ -90,8 +91,10 @@ def held_out_tuner(space: Space, picks: list[dict[str, Any]], folds: list[int | 
                    max_concurrent: int, resume: bool = False, echo=print) -> tune.Tuner:
     trainable = with_trial_resources(run_confirmation, setup)
     path = f"{setup.storage.rstrip('/')}/held_out"
-    if resume and tune.Tuner.can_restore(path):
-        return tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=False)
+    filesystem = whole_file_storage(path)
+    if resume and tune.Tuner.can_restore(path, storage_filesystem=filesystem):
+        return tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=False,
+                                  storage_filesystem=filesystem)
     runs = [{"fold": fold, "seed": fold_seed(space, fold or 0, s)} for fold in folds
             for s in range(space.evaluation.seeds)]
     return tune.Tuner(

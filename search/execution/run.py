@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from search.data.storage import check_writable, run_location, upload
+from search.data.storage import PARTIAL_SUFFIX, check_writable, run_location, upload, whole_file_storage
 from search.data.tiles import DataError, PreparedData, check_batches, prepare
 from search.errors import UserError
 from search.plan.schema import Space
@@ -109,8 +109,11 @@ def reopen_run(space_path: str | Path, out: Path) -> tuple[PreparedData, str, st
 
     record = out / RUN_RECORD
     meta = json.loads(record.read_text()) if record.is_file() else None
-    if meta is None or not Tuner.can_restore(f"{meta['location']}/tune"):
+    if meta is None or not Tuner.can_restore(f"{meta['location']}/tune",
+                                             storage_filesystem=whole_file_storage(meta["location"])):
         raise RunError(f"--resume {out}: holds no search run to resume (no {RUN_RECORD} with a Tune experiment)")
+    for partial in out.rglob(f"*{PARTIAL_SUFFIX}"):  # writes the kill cut short; the whole files before them stand
+        partial.unlink()
     if Path(space_path).read_bytes() != (out / "space.yaml").read_bytes():
         raise RunError(f"--resume {out}: {space_path} differs from the space.yaml the run started with")
     return PreparedData.load(out / "data"), meta["location"], meta["data"]

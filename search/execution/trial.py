@@ -24,6 +24,8 @@ import ray
 import ray.train
 import ray.tune
 
+from search.data.storage import whole_file_storage
+
 # Ray Train retries a worker group that does not start in time without limit by default. Seen on a
 # busy 2-CPU machine: a start timed out, its placement group was created after the timeout and
 # kept the CPU the retry needed, so the trial waited forever and so did the search. A bounded
@@ -126,7 +128,7 @@ def run_trial(config: dict[str, Any], setup: TrialSetup) -> None:
         ),
         run_config=ray.train.RunConfig(
             name=ray.tune.get_context().get_trial_id(),
-            storage_path=f"{setup.storage.rstrip('/')}/train",
+            storage_path=f"{setup.storage.rstrip('/')}/train", storage_filesystem=whole_file_storage(setup.storage),
             callbacks=[TuneReportCallback()],
             # Restarts the workers, on any node with room, when one dies with its node.
             failure_config=ray.train.FailureConfig(max_failures=setup.max_failures,

@@ -21,6 +21,7 @@ from ray.tune.execution.placement_groups import PlacementGroupFactory
 from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 
+from search.data.storage import whole_file_storage
 from search.errors import UserError
 from search.execution.live_metrics import LiveSearchMetrics
 from search.execution.packing import gpu_share_of
@@ -145,7 +146,7 @@ def run_config(name: str, setup: TrialSetup, space: Space, live_metrics: bool = 
     retries = setup.max_failures if setup.resources.in_process else 0
     watchers = [LiveSearchMetrics(space.name, METRIC)] if live_metrics else []
     lines = TrialLines(label, total, echo, space.training.epochs)
-    return tune.RunConfig(name=name, storage_path=setup.storage,
+    return tune.RunConfig(name=name, storage_path=setup.storage, storage_filesystem=whole_file_storage(setup.storage),
                           failure_config=tune.FailureConfig(max_failures=retries),
                           callbacks=[CSVLoggerCallback(), JsonLoggerCallback(), lines, *watchers, *callbacks],
                           verbose=0)
@@ -162,7 +163,8 @@ def build_tuner(space: Space, out_dir: Path, setup: TrialSetup, max_concurrent: 
     trainable = with_trial_resources(run_trial, setup)
     if resume:
         return tune.Tuner.restore(f"{setup.storage.rstrip('/')}/tune", trainable, resume_unfinished=True,
-                                  resume_errored=False, restart_errored=False)
+                                  resume_errored=False, restart_errored=False,
+                                  storage_filesystem=whole_file_storage(setup.storage))
     return tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(
