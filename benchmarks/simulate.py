@@ -118,16 +118,10 @@ def configurations(space_path: Path, gpu_gb: float, overhead_gb: float, qlora_on
     return trials
 
 
-def replay(trials: list[SimTrial], packed: bool, gpus: int, gpu_gb: float, overhead_gb: float,
-           time_scale: float) -> dict:
-    """One simulated search: every trial through Tune, on a fresh local Ray with `gpus` declared GPUs."""
-    os.environ["RAY_AIR_NEW_OUTPUT"] = "0"  # Tune's quiet output engine, as the search uses
-    # A private local Ray for the replay; Ray's start-up notices (token, instance started) say nothing here.
-    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
-    ray.init(num_cpus=4 * gpus * 4, num_gpus=gpus, include_dashboard=False, log_to_driver=False, namespace="simulate",
-             logging_level="WARNING")
+def replay(trials: list[SimTrial], packed: bool, time_scale: float, overhead_gb: float) -> dict:
+    """One simulated search: every trial through Tune, on the local Ray `simulate` started."""
+    load = GpuLoad.options(name="gpu_load").remote(time_scale)
     try:
-        load = GpuLoad.options(name="gpu_load").remote(time_scale)
         configs = [{"share": t.share if packed else 1.0, "utilisation": t.utilisation, "step_seconds": t.step_seconds,
                     "need_gb": (t.predicted_gb + overhead_gb) * 1.1, "time_scale": time_scale} for t in trials]
         trainable = tune.with_resources(simulated_trial, lambda c: PlacementGroupFactory([{"CPU": 1, "GPU": c["share"]}]))
@@ -136,7 +130,7 @@ def replay(trials: list[SimTrial], packed: bool, gpus: int, gpu_gb: float, overh
                    run_config=tune.RunConfig(verbose=0, storage_path=str(Path("/tmp") / "em-search-simulate"))).fit()
         return ray.get(load.report.remote())
     finally:
-        ray.shutdown()
+        ray.kill(load)  # frees the name for the next mode
 
 
 def simulate(space_path: Path, gpus: int = 8, gpu_gb: float = 80.0, repeats: int = 24,
@@ -146,8 +140,17 @@ def simulate(space_path: Path, gpus: int = 8, gpu_gb: float = 80.0, repeats: int
     for t in grid:
         echo(f"  {t.label}: predicted {t.predicted_gb:.1f} GB, GPU share {t.share:.2f}, utilisation {t.utilisation:.2f}")
     trials = [t for _ in range(repeats) for t in grid]
-    results = {mode: replay(trials, mode == "packed", gpus, gpu_gb, overhead_gb, time_scale)
-               for mode in ("one GPU each", "packed")}
+    os.environ["RAY_AIR_NEW_OUTPUT"] = "0"  # Tune's quiet output engine, as the search uses
+    # A private local Ray with `gpus` declared GPUs, one start for both modes; its start-up notices (token,
+    # instance started) say nothing here.
+    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
+    ray.init(num_cpus=len(trials) + 1, num_gpus=gpus, include_dashboard=False, log_to_driver=False,
+             namespace="simulate", logging_level="WARNING")
+    try:
+        results = {mode: replay(trials, mode == "packed", time_scale, overhead_gb)
+                   for mode in ("one GPU each", "packed")}
+    finally:
+        ray.shutdown()
     echo(simulation_table(results, len(trials), gpus, gpu_gb))
     return results
 

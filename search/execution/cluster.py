@@ -39,15 +39,20 @@ def connect(address: str | None) -> Any:
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
     if ray.is_initialized():
         return ray.get_runtime_context()
-    # The job's runtime environment reaches every process of the search on every node, the Train
-    # controllers included, which read the start timeout.
     defaults = {"RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": WORKER_START_TIMEOUT_S,
                 "TUNE_FUNCTION_THREAD_TIMEOUT_S": FUNCTION_THREAD_TIMEOUT_S}
     env_vars = {name: os.environ.get(name, value) for name, value in defaults.items()}
-    kwargs: dict[str, Any] = {"log_to_driver": False, "configure_logging": True, "logging_level": "WARNING",
-                              "runtime_env": {"env_vars": env_vars}}
+    kwargs: dict[str, Any] = {"log_to_driver": False, "configure_logging": True, "logging_level": "WARNING"}
     if address is None:
+        # Embedded Ray's processes inherit this process's environment, so the settings go there and the job
+        # keeps an empty runtime environment: Ray hands its prestarted workers (started during ray.init) only
+        # to tasks and actors of an empty one, so the first trials start in them instead of in new processes.
+        os.environ.update(env_vars)
         kwargs.update(include_dashboard=True, dashboard_host="127.0.0.1")
+    else:
+        # On a running cluster the job's runtime environment carries them to every process of the search on
+        # every node, the Train controllers included, which read the start timeout.
+        kwargs["runtime_env"] = {"env_vars": env_vars}
         # Ray warns that token authentication is on by default; dashboard_lines says so, with how to get the token.
         logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
     try:
