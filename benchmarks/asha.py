@@ -21,6 +21,7 @@ import pyarrow as pa
 import ray
 import yaml
 
+from search.execution.cluster import connect, probe_reachable
 from search.execution.run import run_search
 from search.outcome.export import write_results
 
@@ -66,14 +67,17 @@ def run_asha_bench(space_path: Path, out: Path, address: str | None = None, echo
     raw = yaml.safe_load(Path(space_path).read_text())
     out.mkdir(parents=True, exist_ok=True)
     outcomes = {}
-    for scheduler in ("fifo", "asha"):
-        arm_file = out / f"{scheduler}.yaml"
-        arm_file.write_text(yaml.safe_dump(arm_space(raw, scheduler), sort_keys=False))
-        try:
+    if address is not None:
+        probe_reachable(address)
+    connect(address)  # one Ray start for both arms; each run_search leaves a Ray it did not start running
+    try:
+        for scheduler in ("fifo", "asha"):
+            arm_file = out / f"{scheduler}.yaml"
+            arm_file.write_text(yaml.safe_dump(arm_space(raw, scheduler), sort_keys=False))
             outcomes[scheduler] = run_search(arm_file, out / f"{scheduler}-run", address, echo=lambda *_: None)
-        finally:
-            ray.shutdown()
-        echo(f"{scheduler}: {len(outcomes[scheduler].rows)} trials in {outcomes[scheduler].wall_seconds:.0f} s")
+            echo(f"{scheduler}: {len(outcomes[scheduler].rows)} trials in {outcomes[scheduler].wall_seconds:.0f} s")
+    finally:
+        ray.shutdown()
     best_full = best_objective(outcomes["fifo"].rows)
     target = None if best_full is None else (1 - TOLERANCE) * best_full
     results = []

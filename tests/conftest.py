@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+import ray
 import yaml
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -13,6 +14,35 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 REPO = Path(__file__).resolve().parents[1]
 SHARED_CHIPS = REPO.parent / "shared" / "data" / "terramesh-examples"
 VAL_CHIP, TEST_CHIP = "433D_629L_3_1", "637U_59R_1_3"
+
+
+@pytest.fixture(scope="module")
+def embedded_ray():
+    """Embedded Ray started the way `search run` starts it, once for every in-process search of the session.
+
+    `run_search` leaves a Ray it did not start running, so the searches share one start and one shutdown
+    (about 7 s each on 2 CPUs); a test that needs its own Ray, or none, asks for `no_ray` and the next search
+    starts this one again. The CLI tests run in subprocesses and start their own, as a user's run does.
+    """
+    from search.execution.cluster import connect
+
+    if not ray.is_initialized():
+        connect(None)
+    yield
+
+
+@pytest.fixture(scope="module")
+def no_ray():
+    """No Ray running in this process (the shared one is shut down): for tests that start their own or none."""
+    ray.shutdown()
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def shut_ray_down_at_the_end():
+    yield
+    ray.shutdown()
 
 
 @pytest.fixture(scope="session")

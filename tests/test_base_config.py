@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-import ray
 import yaml
 
 from search.__main__ import main
@@ -40,10 +39,7 @@ def search_around(example: str, tmp_path_factory, **overrides):
     space.update(overrides)
     tmp = tmp_path_factory.mktemp(example.removesuffix(".yaml"))
     (tmp / "space.yaml").write_text(yaml.safe_dump(space))
-    try:
-        return run_search(tmp / "space.yaml", tmp / "run"), tmp / "space.yaml"
-    finally:
-        ray.shutdown()
+    return run_search(tmp / "space.yaml", tmp / "run"), tmp / "space.yaml"
 
 
 def lighter_flood_base(tmp_path_factory) -> Path:
@@ -61,7 +57,7 @@ def lighter_flood_base(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def flood_run(tmp_path_factory):
+def flood_run(tmp_path_factory, embedded_ray):
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(REPO)  # the example's data paths are relative to the repository root, as for `terratorch fit`
         base = lighter_flood_base(tmp_path_factory)
@@ -108,15 +104,13 @@ def test_a_finished_base_config_run_resumes(flood_run):
     outcome, space_file, _ = flood_run
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(REPO)
-        try:
-            again = run_search(space_file, outcome.out_dir, resume=True)
-        finally:
-            ray.shutdown()
+        again = run_search(space_file, outcome.out_dir, resume=True)
     assert {r["trial_id"] for r in pq.read_table(again.out_dir / "results.parquet").to_pylist()} == \
         {r["trial_id"] for r in pq.read_table(outcome.out_dir / "results.parquet").to_pylist()}
 
 
-def test_terramesh_example_base_config_search_exports_a_config_terratorch_trains(tmp_path_factory, monkeypatch):
+def test_terramesh_example_base_config_search_exports_a_config_terratorch_trains(tmp_path_factory, monkeypatch,
+                                                                                 embedded_ray):
     monkeypatch.chdir(REPO)
     outcome, _ = search_around("terramesh_base.yaml", tmp_path_factory, training={"num_samples": 1},
                                evaluation={"folds": 0})

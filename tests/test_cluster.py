@@ -18,7 +18,6 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-import ray
 import yaml
 
 from search.data.tiles import PreparedData
@@ -36,15 +35,14 @@ def prithvi_space(real_chips, **overrides) -> dict:
         "techniques.gradient_checkpointing": [False], "training.epochs": 1, **overrides})
 
 
-def test_two_workers_per_trial_train_data_parallel_on_shards_of_the_data(real_chips, tmp_path):
+def test_two_workers_per_trial_train_data_parallel_on_shards_of_the_data(real_chips, tmp_path, embedded_ray):
     space_file = tmp_path / "space.yaml"
     space_file.write_text(yaml.safe_dump(prithvi_space(real_chips, **{
         "training.num_samples": 1, "resources.workers_per_trial": 2})))
     answers: list[int] = []
 
     def echo(line: str) -> None:
-        # Safe default: the embedded dashboard listens on loopback only and wants Ray's token (asked while the
-        # search runs: the run shuts its Ray down when it is done).
+        # Safe default: the embedded dashboard listens on loopback only and wants Ray's token.
         found = re.search(r"Ray dashboard: (http://\S+)", line)
         if found:
             assert found.group(1).startswith("http://127.0.0.1:")
@@ -52,10 +50,7 @@ def test_two_workers_per_trial_train_data_parallel_on_shards_of_the_data(real_ch
                 urllib.request.urlopen(found.group(1) + "/api/v0/actors", timeout=10)
             answers.append(unauthorised.value.code)
 
-    try:
-        outcome = run_search(space_file, tmp_path / "run", echo=echo)
-    finally:
-        ray.shutdown()
+    outcome = run_search(space_file, tmp_path / "run", echo=echo)
     assert answers == [401]
     (row,) = outcome.rows
     assert row["status"] == "completed", row["error"]

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import optuna
 import pytest
-import ray
 import yaml
 
 from search.execution.run import run_search
@@ -16,17 +15,14 @@ from tests.conftest import small_space
 FAULTS = [{"trial": 0, "kind": "raise"}, {"trial": 1, "kind": "nan"}, {"trial": 2, "kind": "oom"}]
 
 
-def test_injected_faults_fail_their_trials_only_and_optuna_hears_it(real_chips, tmp_path):
+def test_injected_faults_fail_their_trials_only_and_optuna_hears_it(real_chips, tmp_path, embedded_ray):
     space = small_space(real_chips, tiers={2: ["em_prithvi"]}, **{
         "techniques.gradient_checkpointing": [False], "training.num_samples": 4, "training.epochs": 1,
         "training.grace_period": 1})
     space["faults"] = FAULTS
     space_file = tmp_path / "space.yaml"
     space_file.write_text(yaml.safe_dump(space))
-    try:
-        outcome = run_search(space_file, tmp_path / "run")
-    finally:
-        ray.shutdown()
+    outcome = run_search(space_file, tmp_path / "run")
     by_number = {r["trial_number"]: r for r in outcome.rows}
     assert sorted(by_number) == [0, 1, 2, 3]
     expected = {0: ("exception", "InjectedFault", 0), 1: ("nan_loss", "NonFiniteLoss", 0),

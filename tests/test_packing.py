@@ -19,7 +19,7 @@ GPU_GB = 0.21  # per GPU (resources.gpu_memory_gb): Clay tiny asks for 0.22 of i
 
 
 @pytest.fixture(scope="module")
-def packed_run(real_chips, tmp_path_factory):
+def packed_run(real_chips, tmp_path_factory, no_ray):
     tmp = tmp_path_factory.mktemp("packed")
     space = small_space(real_chips, tiers={2: ["em_clay", "em_terramind"]}, **{
         "techniques.gradient_checkpointing": [False], "training.num_samples": 8, "training.epochs": 1,

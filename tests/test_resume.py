@@ -11,7 +11,6 @@ from pathlib import Path
 
 import optuna
 import pyarrow.parquet as pq
-import ray
 import yaml
 
 from search.__main__ import main
@@ -36,7 +35,7 @@ def finished_trials(out: Path, epochs: int) -> dict[str, list[dict]]:
     return {trial: results for trial, results in recorded(out).items() if results[-1].get("epoch") == epochs}
 
 
-def test_sigkilled_search_resumes_without_losing_or_rerunning_trials(real_chips, tmp_path):
+def test_sigkilled_search_resumes_without_losing_or_rerunning_trials(real_chips, tmp_path, embedded_ray):
     epochs = 8  # a warm trial of 8 tiny epochs lasts seconds: time to kill the driver in the middle of it
     space = small_space(real_chips, tiers={2: ["em_prithvi"]}, **{
         "techniques.gradient_checkpointing": [False], "training.num_samples": 2, "training.epochs": epochs,
@@ -60,10 +59,7 @@ def test_sigkilled_search_resumes_without_losing_or_rerunning_trials(real_chips,
     kill_session(driver.pid)  # the embedded Ray the killed driver started
     assert not (out / "results.parquet").exists()
 
-    try:
-        outcome = run_search(space_file, out, resume=True)
-    finally:
-        ray.shutdown()
+    outcome = run_search(space_file, out, resume=True)
     rows = outcome.rows
     assert len(rows) == 2 and len({r["trial_id"] for r in rows}) == 2
     assert all(r["status"] == "completed" for r in rows), [r["error"] for r in rows]

@@ -28,7 +28,7 @@ from tests.conftest import REPO, small_space
 
 
 @pytest.fixture(scope="module")
-def finished_run(real_chips, tmp_path_factory):
+def finished_run(real_chips, tmp_path_factory, embedded_ray):
     tmp = tmp_path_factory.mktemp("search")
     space_file = tmp / "space.yaml"
     space = small_space(real_chips, tiers={0: ["em_cnn"], 2: ["em_prithvi", "em_terramind", "em_clay"]}, **{
@@ -36,23 +36,17 @@ def finished_run(real_chips, tmp_path_factory):
     del space["data"]["val_chips"], space["data"]["test_chips"]  # the stratified rule, as the packaged spaces
     space_file.write_text(yaml.safe_dump(space))
     out = tmp / "run"
-    try:
-        outcome = run_search(space_file, out, mlflow="run-dir")  # tracked: a local MLflow store (SQLite file)
-    finally:
-        ray.shutdown()
-    return outcome
+    return run_search(space_file, out, mlflow="run-dir")  # tracked: a local MLflow store (SQLite file)
 
 
-def test_tier1_and_tier3_backbones_train_quantized_with_lora_inside_the_search(real_chips, tmp_path):
+def test_tier1_and_tier3_backbones_train_quantized_with_lora_inside_the_search(real_chips, tmp_path, embedded_ray):
     tiers = {1: ["earthmind_v1", "granite_4_tiny"], 3: ["internvl2_40b"]}
     space_file = tmp_path / "space.yaml"
     space_file.write_text(yaml.safe_dump(small_space(real_chips, tiers=tiers, **{
         "techniques.quantization_bits": [4, 8], "techniques.lora_rank": [8],
         "training.num_samples": 3, "training.epochs": 1})))
-    try:
-        outcome = run_search(space_file, tmp_path / "run")
-    finally:
-        ray.shutdown()
+    outcome = run_search(space_file, tmp_path / "run")
+    assert ray.is_initialized()  # a Ray the caller started (the tests' shared one) is left running
     assert len(outcome.rows) == 3
     for row in outcome.rows:
         assert row["status"] == "completed", row["error"]
@@ -70,7 +64,7 @@ def test_tier1_and_tier3_backbones_train_quantized_with_lora_inside_the_search(r
     assert "`Trainer.fit` stopped: `max_steps=1` reached" in result.stdout + result.stderr
 
 
-def test_pareto_search_under_a_memory_budget_exports_its_front(real_chips, tmp_path):
+def test_pareto_search_under_a_memory_budget_exports_its_front(real_chips, tmp_path, embedded_ray):
     """`objective: pareto` with a budget: infeasible trials never train, Optuna optimises two objectives
     under the budget constraint, best.yaml is the front's best mIoU per GB, the front is exported."""
     budget = 0.08  # GB: tiny InternVL2-26B at batch 4 fits with 4-bit weights (0.025-0.042), not at 16 bits (0.13-0.16)
@@ -81,10 +75,7 @@ def test_pareto_search_under_a_memory_budget_exports_its_front(real_chips, tmp_p
     space["objective"] = "pareto"
     space_file = tmp_path / "space.yaml"
     space_file.write_text(yaml.safe_dump(space))
-    try:
-        outcome = run_search(space_file, tmp_path / "run")
-    finally:
-        ray.shutdown()
+    outcome = run_search(space_file, tmp_path / "run")
     statuses = {r["status"] for r in outcome.rows}
     assert "infeasible" in statuses and "completed" in statuses
     for row in outcome.rows:

@@ -31,7 +31,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_a_tracking_server_nobody_runs_is_one_line_before_ray_starts(write_space, real_chips, tmp_path, capsys):
+def test_a_tracking_server_nobody_runs_is_one_line_before_ray_starts(write_space, real_chips, tmp_path, capsys,
+                                                                     no_ray):
     out = tmp_path / "run"
     started = time.monotonic()
     code = main(["run", str(write_space(small_space(real_chips))), "--out", str(out), "--mlflow", "http://127.0.0.1:1"])
@@ -104,7 +105,7 @@ def stop(server: subprocess.Popen) -> None:
 
 
 def test_a_server_that_goes_away_mid_run_costs_one_warning_and_no_trial(
-    mlflow_server, write_space, real_chips, tmp_path, capfd
+    mlflow_server, write_space, real_chips, tmp_path, capfd, embedded_ray
 ):
     uri, store, server = mlflow_server
 
@@ -116,19 +117,8 @@ def test_a_server_that_goes_away_mid_run_costs_one_warning_and_no_trial(
     killer = threading.Thread(target=stop_after_the_first_trial_run, daemon=True)
     killer.start()
     out = tmp_path / "run"
-    try:
-        code = main(
-            [
-                "run",
-                str(write_space(small_space(real_chips, **{"training.num_samples": 3}))),
-                "--out",
-                str(out),
-                "--mlflow",
-                uri,
-            ]
-        )
-    finally:
-        ray.shutdown()
+    code = main(["run", str(write_space(small_space(real_chips, **{"training.num_samples": 3}))), "--out", str(out),
+                 "--mlflow", uri])
     killer.join(timeout=5)
     err = capfd.readouterr().err
     assert code == 0, err[-2000:]

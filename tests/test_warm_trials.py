@@ -9,7 +9,6 @@ size: no seed, thread setting, registry state or memory peak carries over.
 from __future__ import annotations
 
 import pytest
-import ray
 import yaml
 
 from search.data.spec import DataSpec
@@ -27,7 +26,7 @@ def config(batch_size: int, order: int) -> dict:
 
 
 @pytest.fixture(scope="module")
-def sequence(real_chips, tmp_path_factory):
+def sequence(real_chips, tmp_path_factory, embedded_ray):
     tmp = tmp_path_factory.mktemp("warm")
     raw = small_space(real_chips, tiers={2: ["em_prithvi"]}, **{
         "training.epochs": 2, "training.batch_size": [2, 8], "evaluation.seeds": 1})
@@ -36,11 +35,7 @@ def sequence(real_chips, tmp_path_factory):
                        tmp / "data", 0, folds=2, warn=lambda line: None)
     setup = TrialSetup(yaml.safe_dump(raw), "space.yaml", None, 0, str(prepared.root), str(tmp),
                        TrialResources(1, 1.0, 0.0))
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    try:
-        grid = held_out_tuner(space, [config(2, 1), config(8, 2), config(2, 3)], [0], setup, max_concurrent=1).fit()
-    finally:
-        ray.shutdown()
+    grid = held_out_tuner(space, [config(2, 1), config(8, 2), config(2, 3)], [0], setup, max_concurrent=1).fit()
     return sorted(held_out_rows(grid, space), key=lambda r: r["source_trial_id"])
 
 

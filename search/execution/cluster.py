@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+from dataclasses import dataclass
 from typing import Any
 
 import ray
@@ -34,11 +35,31 @@ WORKER_START_TIMEOUT_S = "120"
 FUNCTION_THREAD_TIMEOUT_S = "60"
 
 
-def connect(address: str | None) -> Any:
-    """Start embedded local Ray (address None) or join an existing cluster; returns Ray's context."""
+@dataclass(frozen=True)
+class Connection:
+    """Ray's runtime context, and whether this run started or joined Ray (and so ends its connection)."""
+
+    context: Any
+    owned: bool
+
+
+def connect(address: str | None) -> Connection:
+    """Start embedded local Ray (address None) or join an existing cluster.
+
+    A Ray the caller already initialised (a notebook's, a benchmark running several searches, the tests'
+    shared one) is used as it is and left running at the end.
+    """
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
     if ray.is_initialized():
-        return ray.get_runtime_context()
+        # Ray's public way to the running Ray's context with its dashboard URL (the runtime context has none); its
+        # "called again" notice says nothing to a user whose own ray.init this is.
+        notices = logging.getLogger("ray._private.worker")
+        level = notices.level
+        notices.setLevel(logging.WARNING)
+        try:
+            return Connection(ray.init(ignore_reinit_error=True), owned=False)
+        finally:
+            notices.setLevel(level)
     defaults = {"RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": WORKER_START_TIMEOUT_S,
                 "TUNE_FUNCTION_THREAD_TIMEOUT_S": FUNCTION_THREAD_TIMEOUT_S}
     env_vars = {name: os.environ.get(name, value) for name, value in defaults.items()}
@@ -56,7 +77,7 @@ def connect(address: str | None) -> Any:
         # Ray warns that token authentication is on by default; dashboard_lines says so, with how to get the token.
         logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
     try:
-        return ray.init(address=address, **kwargs)
+        return Connection(ray.init(address=address, **kwargs), owned=True)
     except (ConnectionError, RuntimeError, ValueError) as err:
         ray.shutdown()
         detail = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__

@@ -64,8 +64,9 @@ def finish_run(space: Space, session, prepared: PreparedData, out: Path, locatio
         confirmation = held_out_stage(space, rows, best, folds, session, resume, out, echo)
         held_out = held_out_summary(confirmation, fitted.result() if fitted else {}, len(folds)) \
             if confirmation else {}
-    # Nothing below needs Ray: it shuts down (about a second) while the summary and report are written.
-    closing = threading.Thread(target=ray.shutdown, name="ray-shutdown")
+    # Nothing below needs Ray: a Ray this run started shuts down (about a second) while the summary and report
+    # are written; a caller's own Ray stays up.
+    closing = threading.Thread(target=ray.shutdown if session.owns_ray else (lambda: None), name="ray-shutdown")
     closing.start()
     outcome = RunOutcome(out, space, prepared, rows, best, front, confirmation, held_out, baselines, floor,
                          utilisation, session.concurrent, clock.seconds)

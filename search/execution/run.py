@@ -158,16 +158,18 @@ def run_search(space_path: str | Path, out: Path | None = None, address: str | N
 
         pool.submit(warm_prediction, space)
     pool.shutdown(wait=False)
+    connection = None
     try:
         with clock.step("Ray start"):
-            context = connect_cluster(address)
+            connection = connect_cluster(address)
         with clock.step("baselines (waiting for them)"):
             scores = baselines.result()
         floor = accuracy_floor_of(space, scores)
-        session = start_session(space, context, out, location, data, resume, mlflow, floor, echo)
+        session = start_session(space, connection, out, location, data, resume, mlflow, floor, echo)
     except BaseException:
         if not resume:
             shutil.rmtree(out, ignore_errors=True)
+        end_owned_ray(connection)
         raise
     from search.execution.finish import finish_run
 
@@ -224,7 +226,15 @@ def connect_cluster(address: str | None):
     return connect(address)
 
 
-def start_session(space: Space, context, out: Path, location: str, data: str, resume: bool, mlflow: str | None,
+def end_owned_ray(connection) -> None:
+    """A run that fails to start ends the Ray it started; a caller's own Ray stays up."""
+    if connection is not None and connection.owned:
+        import ray
+
+        ray.shutdown()
+
+
+def start_session(space: Space, connection, out: Path, location: str, data: str, resume: bool, mlflow: str | None,
                   floor: dict | None, echo=print):
     """Trial resources planned from the cluster, the Tuner built (nothing trained yet)."""
     import ray
@@ -244,7 +254,7 @@ def start_session(space: Space, context, out: Path, location: str, data: str, re
         warm_prediction(space)
     tuner = build_tuner(space, out, setup, concurrent, resume, callbacks=(tracking,) if tracking else (),
                         floor=floor["val_miou"] if floor else None, echo=echo, gpu_memory=gpu_memory)
-    return SearchSession(context, setup, concurrent, tuner, tracking)
+    return SearchSession(connection.context, setup, concurrent, tuner, tracking, owns_ray=connection.owned)
 
 
 def run_command(args) -> int:

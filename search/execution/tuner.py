@@ -43,6 +43,7 @@ class SearchSession:
     concurrent: int
     tuner: tune.Tuner
     tracking: Any = None  # the MLflow callback, when the run is tracked (search/execution/tracking.py)
+    owns_ray: bool = True  # the run started Ray and shuts it down at the end
 
     def describe(self, space: Space) -> str:
         r = self.setup.resources
