@@ -53,16 +53,22 @@ def run_peer(peer_dir: Path) -> Side:
 
 
 def run_ours(space: Path, out: Path) -> Side:
-    """`python -m search run SPACE --out OUT` as a subprocess, timed from the outside."""
+    """`python -m search run SPACE --out OUT` as a subprocess, timed from the outside; what it printed (stdout,
+    then stderr) is kept beside the run directory as OUT-console.txt, to compare with the peer's console."""
     started = time.monotonic()
     done = subprocess.run([sys.executable, "-m", "search", "run", str(space), "--out", str(out)],
                           capture_output=True, text=True, timeout=3600)
     wall = time.monotonic() - started
+    console_of(out).write_text(done.stdout + done.stderr)
     if done.returncode != 0:
         return Side("em-search", 0, None, None, None, f"failed: {done.stderr.strip().splitlines()[-1:]}")
     summary = json.loads((out / "summary.json").read_text())
     return Side("em-search", 0, wall, summary["trials"], summary["best_val_miou"],
                 "; ".join(f"{k} {v:.1f} s" for k, v in summary["timings"].items()))
+
+
+def console_of(run_dir: Path) -> Path:
+    return run_dir.with_name(f"{run_dir.name}-console.txt")
 
 
 def run_peer_bench(peer_dir: Path | None, rounds: int, out: Path, echo=print) -> list[Side]:

@@ -86,6 +86,18 @@ def test_peer_bench_alternates_the_peer_and_this_search_and_prints_the_ratio(rea
     assert "terratorch-iterate       0      1     12.5" in done.stdout
     assert "ratio em-search / peer = " in done.stdout
     assert list((tmp_path / "out").glob("*-peer-bench.parquet"))
+    # What a user sees of a run on embedded Ray: where to watch it, one line per trial start and end, the table and
+    # verdict lines; nothing they can do nothing about (Ray's token notice, Tune's TensorBoard and results hints).
+    (console,) = (tmp_path / "out").glob("*-console.txt")
+    printed = console.read_text()
+    assert "Ray dashboard: http://127.0.0.1:" in printed and "`ray get-auth-token` prints it" in printed
+    assert "trial 1/1 started: em_clay" in printed and "trial 1/1 done: val " in printed
+    for unwanted in ("Token authentication is enabled", "TensorBoard", "View detailed results", "Traceback",
+                     "Warning", "WARNING"):
+        assert unwanted not in printed, printed
+    lines = printed.splitlines()
+    table = lines[next(i for i, line in enumerate(lines) if line.startswith("trial    backbone")):][:3]
+    assert len(table) == 3 and all(len(line) <= 80 for line in table), table  # the trial table fits 80 columns
 
 
 def test_capacity_simulation_packs_more_trials_than_one_gpu_each_and_fills_no_gpu_past_its_memory():

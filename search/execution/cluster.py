@@ -64,6 +64,8 @@ def connect(address: str | None) -> Connection:
                 "TUNE_FUNCTION_THREAD_TIMEOUT_S": FUNCTION_THREAD_TIMEOUT_S}
     env_vars = {name: os.environ.get(name, value) for name, value in defaults.items()}
     kwargs: dict[str, Any] = {"log_to_driver": False, "configure_logging": True, "logging_level": "WARNING"}
+    # Ray warns that token authentication is on by default; dashboard_lines says so, with how to get the token.
+    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
     if address is None:
         # Embedded Ray's processes inherit this process's environment, so the settings go there and the job
         # keeps an empty runtime environment: Ray hands its prestarted workers (started during ray.init) only
@@ -74,8 +76,6 @@ def connect(address: str | None) -> Connection:
         # On a running cluster the job's runtime environment carries them to every process of the search on
         # every node, the Train controllers included, which read the start timeout.
         kwargs["runtime_env"] = {"env_vars": env_vars}
-        # Ray warns that token authentication is on by default; dashboard_lines says so, with how to get the token.
-        logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
     try:
         return Connection(ray.init(address=address, **kwargs), owned=True)
     except (ConnectionError, RuntimeError, ValueError) as err:

@@ -52,12 +52,13 @@ def finish_run(space: Space, session, prepared: PreparedData, out: Path, locatio
     echo(session.describe(space))
     with clock.step("search"):
         grid = session.tuner.fit()
-    close_study(session.tracking)
-    rows = trial_rows(grid, space.training.epochs, space.scale, space.resources.memory_budget_gb,
-                      floor=floor["val_miou"] if floor else None)
-    write_results(to_table(rows), out / "results.parquet")
-    utilisation = slot_utilisation(rows, session.concurrent, clock.seconds["search"])
-    front, best = export_winners(space, rows, prepared, out, floor)
+    with clock.step("results and best.yaml"):
+        close_study(session.tracking)
+        rows = trial_rows(grid, space.training.epochs, space.scale, space.resources.memory_budget_gb,
+                          floor=floor["val_miou"] if floor else None)
+        write_results(to_table(rows), out / "results.parquet")
+        utilisation = slot_utilisation(rows, session.concurrent, clock.seconds["search"])
+        front, best = export_winners(space, rows, prepared, out, floor)
     folds = list(range(len(prepared.folds))) if prepared.folds else [None]
     with clock.step("held-out stage"):
         fitted = fold_baselines_in_background(prepared, space.training.seed) if space.evaluation.folds else None

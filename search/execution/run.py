@@ -165,7 +165,8 @@ def run_search(space_path: str | Path, out: Path | None = None, address: str | N
         with clock.step("baselines (waiting for them)"):
             scores = baselines.result()
         floor = accuracy_floor_of(space, scores)
-        session = start_session(space, connection, out, location, data, resume, mlflow, floor, echo)
+        with clock.step("search set-up"):
+            session = start_session(space, connection, out, location, data, resume, mlflow, floor, echo)
     except BaseException:
         if not resume:
             shutil.rmtree(out, ignore_errors=True)
