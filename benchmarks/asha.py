@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import ray
 import yaml
 
 from search.execution.cluster import connect, probe_reachable
@@ -69,7 +68,7 @@ def run_asha_bench(space_path: Path, out: Path, address: str | None = None, echo
     outcomes = {}
     if address is not None:
         probe_reachable(address)
-    connect(address)  # one Ray start for both arms; each run_search leaves a Ray it did not start running
+    connection = connect(address)  # one Ray start for both arms; each run_search leaves a Ray it did not start running
     try:
         for scheduler in ("fifo", "asha"):
             arm_file = out / f"{scheduler}.yaml"
@@ -77,7 +76,7 @@ def run_asha_bench(space_path: Path, out: Path, address: str | None = None, echo
             outcomes[scheduler] = run_search(arm_file, out / f"{scheduler}-run", address, echo=lambda *_: None)
             echo(f"{scheduler}: {len(outcomes[scheduler].rows)} trials in {outcomes[scheduler].wall_seconds:.0f} s")
     finally:
-        ray.shutdown()
+        connection.end()
     best_full = best_objective(outcomes["fifo"].rows)
     target = None if best_full is None else (1 - TOLERANCE) * best_full
     results = []

@@ -42,6 +42,11 @@ class Connection:
     context: Any
     owned: bool
 
+    def end(self) -> None:
+        """Shut down the Ray this run started or joined; a caller's own Ray stays up."""
+        if self.owned:
+            ray.shutdown()
+
 
 def connect(address: str | None) -> Connection:
     """Start embedded local Ray (address None) or join an existing cluster.

@@ -9,8 +9,6 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import ray
-
 from search.data.storage import mirror_outputs
 from search.data.tiles import PreparedData
 from search.execution.cluster import dashboard_lines
@@ -43,7 +41,7 @@ def fold_baselines_in_background(prepared: PreparedData, seed: int):
 def finish_run(space: Space, session, prepared: PreparedData, out: Path, location: str, resume: bool, clock,
                echo, baselines: list[dict], floor: dict | None) -> RunOutcome:
     """Search, export, held-out stage, summary, report, mirror; each step timed."""
-    for line in dashboard_lines(session.context):
+    for line in dashboard_lines(session.connection.context):
         echo(line)
     echo(f"run directory: {out}" + (f" (mirrored to {location})" if location != str(out) else "")
          + (" — resuming" if resume else ""))
@@ -67,7 +65,7 @@ def finish_run(space: Space, session, prepared: PreparedData, out: Path, locatio
             if confirmation else {}
     # Nothing below needs Ray: a Ray this run started shuts down (about a second) while the summary and report
     # are written; a caller's own Ray stays up.
-    closing = threading.Thread(target=ray.shutdown if session.owns_ray else (lambda: None), name="ray-shutdown")
+    closing = threading.Thread(target=session.connection.end, name="ray-shutdown")
     closing.start()
     outcome = RunOutcome(out, space, prepared, rows, best, front, confirmation, held_out, baselines, floor,
                          utilisation, session.concurrent, clock.seconds)

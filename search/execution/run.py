@@ -170,7 +170,8 @@ def run_search(space_path: str | Path, out: Path | None = None, address: str | N
     except BaseException:
         if not resume:
             shutil.rmtree(out, ignore_errors=True)
-        end_owned_ray(connection)
+        if connection is not None:
+            connection.end()  # a run that fails to start ends the Ray it started
         raise
     from search.execution.finish import finish_run
 
@@ -227,14 +228,6 @@ def connect_cluster(address: str | None):
     return connect(address)
 
 
-def end_owned_ray(connection) -> None:
-    """A run that fails to start ends the Ray it started; a caller's own Ray stays up."""
-    if connection is not None and connection.owned:
-        import ray
-
-        ray.shutdown()
-
-
 def start_session(space: Space, connection, out: Path, location: str, data: str, resume: bool, mlflow: str | None,
                   floor: dict | None, echo=print):
     """Trial resources planned from the cluster, the Tuner built (nothing trained yet)."""
@@ -255,7 +248,7 @@ def start_session(space: Space, connection, out: Path, location: str, data: str,
         warm_prediction(space)
     tuner = build_tuner(space, out, setup, concurrent, resume, callbacks=(tracking,) if tracking else (),
                         floor=floor["val_miou"] if floor else None, echo=echo, gpu_memory=gpu_memory)
-    return SearchSession(connection.context, setup, concurrent, tuner, tracking, owns_ray=connection.owned)
+    return SearchSession(connection, setup, concurrent, tuner, tracking)
 
 
 def run_command(args) -> int:

@@ -38,12 +38,11 @@ HEAD_NODE_RESOURCE = "node:__internal_head__"  # Ray's resource that only the he
 class SearchSession:
     """A connected cluster and the search's Tuner, ready to fit."""
 
-    context: Any  # Ray's runtime context (dashboard URL)
+    connection: Any  # search.execution.cluster.Connection: Ray's context (dashboard URL), whether the run owns it
     setup: TrialSetup
     concurrent: int
     tuner: tune.Tuner
     tracking: Any = None  # the MLflow callback, when the run is tracked (search/execution/tracking.py)
-    owns_ray: bool = True  # the run started Ray and shuts it down at the end
 
     def describe(self, space: Space) -> str:
         r = self.setup.resources
