@@ -36,9 +36,10 @@ def finished_trials(out: Path, epochs: int) -> dict[str, list[dict]]:
 
 
 def test_sigkilled_search_resumes_without_losing_or_rerunning_trials(real_chips, tmp_path, embedded_ray):
-    epochs = 8  # a warm trial of 8 tiny epochs lasts seconds: time to kill the driver in the middle of it
+    epochs = 8  # a warm trial of 8 tiny epochs lasts seconds: time to kill the driver in the middle of the search
+    trials = 3  # one at a time: at the kill at least one has finished and at least the last one has not
     space = small_space(real_chips, tiers={2: ["em_prithvi"]}, **{
-        "techniques.gradient_checkpointing": [False], "training.num_samples": 2, "training.epochs": epochs,
+        "techniques.gradient_checkpointing": [False], "training.num_samples": trials, "training.epochs": epochs,
         "training.grace_period": epochs, "resources.max_concurrent_trials": 1})
     space_file = tmp_path / "space.yaml"
     space_file.write_text(yaml.safe_dump(space))
@@ -47,32 +48,33 @@ def test_sigkilled_search_resumes_without_losing_or_rerunning_trials(real_chips,
                               cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.monotonic() + 300
     # Kill the driver as soon as the second trial has reported an epoch (one trial at a time: the first has
-    # finished by then); reading the results files is quick, so the kill lands early in the second trial.
+    # finished by then). The kill usually lands early in the second trial; on a fast machine the second may have
+    # finished before the poll sees it (its results reach the driver in a burst), never the third.
     while time.monotonic() < deadline and driver.poll() is None:
         if len(recorded(out)) >= 2:
             break
         time.sleep(0.05)
     driver.send_signal(signal.SIGKILL)
     before = finished_trials(out, epochs)
-    assert len(before) == 1, f"expected one finished trial at the kill, saw {sorted(recorded(out))}"
+    assert 1 <= len(before) < trials, f"expected a search cut short, saw finished {sorted(before)}"
     driver.wait()
     kill_session(driver.pid)  # the embedded Ray the killed driver started
     assert not (out / "results.parquet").exists()
 
     outcome = run_search(space_file, out, resume=True)
     rows = outcome.rows
-    assert len(rows) == 2 and len({r["trial_id"] for r in rows}) == 2
+    assert len(rows) == trials and len({r["trial_id"] for r in rows}) == trials
     assert all(r["status"] == "completed" for r in rows), [r["error"] for r in rows]
     assert set(before) <= {r["trial_id"] for r in rows}
     after = finished_trials(out, epochs)
     for trial_id, results in before.items():  # finished before the kill: kept, not trained again
         assert after[trial_id] == results  # same results, same timestamps
     assert (out / "best.yaml").is_file()
-    assert len(pq.read_table(out / "results.parquet")) == 2
-    # The Optuna study went on from its journal: two trials, numbers 0-1, each told COMPLETE once.
-    assert sorted(r["trial_number"] for r in rows) == [0, 1]
+    assert len(pq.read_table(out / "results.parquet")) == trials
+    # The Optuna study went on from its journal: three trials, numbers 0-2, each told COMPLETE once.
+    assert sorted(r["trial_number"] for r in rows) == list(range(trials))
     study = load_study(out, space["name"])
-    assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * 2
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * trials
 
 
 def test_resume_refuses_a_directory_without_a_run(real_chips, write_space, tmp_path, capsys):
