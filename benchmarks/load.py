@@ -2,7 +2,7 @@
 
 The driver runs as its own process (its own session), exactly as a user starts it; this module
 samples its resident memory while it runs, and after it exits lists every process still alive in
-its session: Ray processes a clean `ray.shutdown()` should have stopped. Trials are tiny Prithvi
+its session 30 s later: Ray processes a clean `ray.shutdown()` should have stopped. Trials are tiny Prithvi
 models for one epoch on the packaged chips, so the figures measure the search machinery (Tune,
 Optuna, trial scheduling, result handling), not training.
 
@@ -26,6 +26,8 @@ import yaml
 
 from search.execution.processes import kill_session, session_processes
 from search.outcome.export import write_results
+
+SHUTDOWN_GRACE_S = 30.0  # how long after the driver exits its Ray processes may take to end
 
 
 @dataclass(frozen=True)
@@ -82,6 +84,15 @@ def finished_trials(run_dir: Path) -> int:
 
 
 
+def outliving(leader: int, grace_s: float) -> list[psutil.Process]:
+    """The session's processes still alive `grace_s` after its driver exited (a clean shutdown ends them in a
+    few seconds; a busy 2-CPU machine once needed more than the 5 s this used to allow)."""
+    deadline = time.monotonic() + grace_s
+    while (left := session_processes(leader)) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return left
+
+
 def run_load(trials: int, out: Path, data_root: str | None = None, echo=print) -> LoadReport:
     out.mkdir(parents=True, exist_ok=True)
     space_file, run_dir = out / f"load{trials}.yaml", out / f"load{trials}-run"
@@ -98,8 +109,7 @@ def run_load(trials: int, out: Path, data_root: str | None = None, echo=print) -
             pass
         time.sleep(2)
     wall = time.monotonic() - started
-    time.sleep(5)  # give a clean shutdown its moment
-    leftovers = session_processes(driver.pid)
+    leftovers = outliving(driver.pid, SHUTDOWN_GRACE_S)
     for proc in leftovers:
         try:
             echo(f"leftover: pid {proc.pid} {' '.join(proc.cmdline())[:120]}")

@@ -10,7 +10,6 @@ Bad input of any command (a `search.errors.UserError`) is one line on stderr and
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
 import sys
 from dataclasses import dataclass
@@ -110,6 +109,13 @@ def peer_arguments(peer: argparse.ArgumentParser) -> None:
     peer.add_argument("--out", type=Path, default=Path("runs/peer-bench"))
 
 
+def imports_arguments(imports: argparse.ArgumentParser) -> None:
+    imports.add_argument("--rounds", type=int, default=3, help="alternating rounds (collector on, paused)")
+    imports.add_argument("--module", default="search.training.worker",
+                         help="what to import (default: a trial's model stack)")
+    imports.add_argument("--out", type=Path, default=Path("runs/imports-bench"))
+
+
 def fullscale_arguments(full: argparse.ArgumentParser) -> None:
     full.add_argument("--backbones", nargs="+", default=["internvl2_4b", "granite_4_tiny"])
     full.add_argument("--checkpoints", type=Path, default=Path("runs/fullscale-checkpoints"),
@@ -151,6 +157,8 @@ BENCHES: dict[str, Command] = {
                     "benchmarks.asha:asha_command"),
     "peer": Command("terratorch-iterate and the same search here, back to back: wall times", peer_arguments,
                     "benchmarks.peer:peer_command"),
+    "imports": Command("a trial process's import of its model stack, garbage collector on and paused",
+                       imports_arguments, "benchmarks.imports:imports_command"),
     "fullscale": Command("published-size backbones loaded in 4 bits and trained one step: memory against the "
                          "predictions", fullscale_arguments, "benchmarks.fullscale:fullscale_command", ("backbones",)),
     "backbones": Command("parameters, memory, throughput and outputs per backbone", backbones_arguments,
@@ -190,13 +198,14 @@ def check_backbone_names(args: argparse.Namespace, command: Command) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     from search.errors import UserError
+    from search.imports import import_heavy
 
     args = parser().parse_args(argv)
     command = chosen(args)
     try:
         check_backbone_names(args, command)
         module, _, function = command.target.partition(":")
-        return int(getattr(importlib.import_module(module), function)(args) or 0)
+        return int(getattr(import_heavy(module), function)(args) or 0)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

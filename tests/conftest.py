@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 from pathlib import Path
 
@@ -10,6 +11,17 @@ import ray
 import yaml
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+# Collecting the tests imports torch, Lightning and TerraTorch into this process: with the garbage collector
+# paused until collection ends, then the imports frozen out of later collections (as trial processes do:
+# search/imports.py).
+gc.disable()
+
+
+def pytest_collection_finish(session) -> None:
+    gc.enable()
+    gc.freeze()
+
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_CHIPS = REPO.parent / "shared" / "data" / "terramesh-examples"

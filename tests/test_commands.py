@@ -134,3 +134,18 @@ def test_load_and_asha_benchmarks_run_and_write_their_tables(argv, real_chips, t
         assert float(printed["trials_per_minute"]) > 0 and (tmp_path / "out" / "load1.parquet").is_file()
     else:
         assert "fifo: 1 trials" in done.stdout and "asha: 1 trials" in done.stdout
+
+
+def test_imports_bench_pauses_the_collector_freezes_what_it_imported_and_leaves_the_collector_on(tmp_path):
+    """`bench imports` on a small module (the default, a trial's model stack, takes ~25 s): the same modules
+    either way; paused, the collector runs fewer times during the import, is on again afterwards, and what
+    the import created is frozen out of later collections."""
+    done = search("bench", "imports", "--rounds", "1", "--module", "yaml", "--out", str(tmp_path))
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "| collector on |" in done.stdout and "| collector paused |" in done.stdout
+    on, paused = pq.read_table(tmp_path / "imports.parquet").to_pylist()
+    assert on["mode"] == "collector on" and paused["mode"] == "collector paused"
+    assert on["modules"] == paused["modules"] > 0
+    assert paused["collections_during_import"] < on["collections_during_import"]
+    assert on["collector_enabled_after"] and paused["collector_enabled_after"]
+    assert on["frozen_objects"] == 0 and paused["frozen_objects"] > 1000
