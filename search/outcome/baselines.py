@@ -30,6 +30,7 @@ import numpy as np
 import rasterio
 
 from search.data.tiles import IGNORE_INDEX, PreparedData, chip_of_tile, fold_split
+from search.imports import import_heavy
 from search.outcome.metrics import confusion, mean_iou
 
 FIXED_VV_THRESHOLD_DB = -13.45
@@ -107,11 +108,10 @@ def constant(value: int) -> Predictor:
 
 def vv_thresholds(prepared: PreparedData, features: np.ndarray, labels: np.ndarray) -> list[Fitted]:
     """Two classes and Sentinel-1: the darker class below a VV threshold (fixed, and Otsu's)."""
-    from skimage.filters import threshold_otsu
-
     sar = next((m for m in prepared.modalities if m.startswith("S1")), None)
     if sar is None or prepared.num_classes != 2:
         return []
+    threshold_otsu = import_heavy("skimage.filters").threshold_otsu  # 1 s of imports: only where it is used
     band = sum(len(prepared.means[m]) for m in prepared.modalities[:prepared.modalities.index(sar)])  # its VV
     vv = features[:, band]
     finite = np.isfinite(vv)
@@ -132,13 +132,13 @@ def vv_thresholds(prepared: PreparedData, features: np.ndarray, labels: np.ndarr
 
 def pixel_classifier(prepared: PreparedData, features: np.ndarray, labels: np.ndarray, seed: int) -> Fitted:
     """Gradient-boosted trees on each pixel's band values (NaN allowed: the trees route missing values)."""
-    from sklearn.ensemble import HistGradientBoostingClassifier
+    boosted_trees = import_heavy("sklearn.ensemble").HistGradientBoostingClassifier
 
     rng = np.random.default_rng(seed)
     if len(labels) > FIT_PIXELS:
         keep = rng.choice(len(labels), FIT_PIXELS, replace=False)
         features, labels = features[keep], labels[keep]
-    model = HistGradientBoostingClassifier(max_iter=50, random_state=seed).fit(features, labels)
+    model = boosted_trees(max_iter=50, random_state=seed).fit(features, labels)
 
     def predict(images: dict[str, np.ndarray]) -> np.ndarray:
         stacked = np.concatenate([images[m] for m in prepared.modalities]).astype(np.float32)
