@@ -96,5 +96,5 @@ def run_imports_bench(rounds: int, out: Path, module: str = DEFAULT_MODULE, echo
 
 def imports_command(args) -> int:
     """`python -m search bench imports`."""
-    run_imports_bench(args.rounds, args.out, args.module)
+    run_imports_bench(args.rounds, args.out, args.module or DEFAULT_MODULE)
     return 0

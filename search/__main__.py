@@ -111,8 +111,8 @@ def peer_arguments(peer: argparse.ArgumentParser) -> None:
 
 def imports_arguments(imports: argparse.ArgumentParser) -> None:
     imports.add_argument("--rounds", type=int, default=3, help="alternating rounds (collector on, paused)")
-    imports.add_argument("--module", default="search.training.worker",
-                         help="what to import (default: a trial's model stack)")
+    imports.add_argument("--module", default=None, help="what to import (default: a trial's model stack, "
+                                                          "search.training.worker)")
     imports.add_argument("--out", type=Path, default=Path("runs/imports-bench"))
 
 
