@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 
 import numpy as np
@@ -39,3 +40,18 @@ def test_gpu_ids_without_nvml_give_no_gpu_columns_and_no_error():
     sampler = SystemSampler(gpu_ids=["0"], interval=0.1)
     assert not sampler.gpu.available
     assert set(sampler.summary()) == {"cpu_percent_mean", "cpu_percent_peak", "rss_gb_mean", "rss_gb_peak"}
+
+
+def test_back_to_back_samples_do_not_read_clock_ticks_as_a_peak_beyond_the_machine():
+    """A report's sample can come a millisecond after the thread's: one 10 ms CPU tick over that reads as
+    hundreds of percent (CI once recorded 760% on 2 CPUs). The peak must stay within what the CPUs can do,
+    and the mean must still agree with the process clock."""
+    sampler = SystemSampler(gpu_ids=[], interval=0.2)
+    wall, cpu = time.monotonic(), time.process_time()
+    end = wall + 1.0
+    while time.monotonic() < end:  # busy: ticks accrue, and nearly every sample spans a few microseconds
+        sampler.sample_once()
+    clock_percent = 100 * (time.process_time() - cpu) / (time.monotonic() - wall)
+    stats = sampler.summary()
+    assert stats["cpu_percent_peak"] <= 100 * os.cpu_count() + 10, stats
+    assert abs(stats["cpu_percent_mean"] - clock_percent) < 15, (stats, clock_percent)
