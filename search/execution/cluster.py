@@ -21,6 +21,7 @@ import ray
 from search.errors import UserError
 
 AUTH_MODE_ENV = "RAY_AUTH_MODE"
+PRESTART_ENV = "RAY_prestart_worker_first_driver"  # a Ray config flag; the raylet reads it from its environment
 
 
 class ClusterError(UserError, RuntimeError):
@@ -72,10 +73,13 @@ def connect(address: str | None) -> Connection:
     # Ray warns that token authentication is on by default; dashboard_lines says so, with how to get the token.
     logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
     if address is None:
-        # Embedded Ray's processes inherit this process's environment, so the settings go there and the job
-        # keeps an empty runtime environment: Ray hands its prestarted workers (started during ray.init) only
-        # to tasks and actors of an empty one, so the first trials start in them instead of in new processes.
+        # Embedded Ray's processes inherit this process's environment, so the settings go there. Ray prestarts
+        # one worker per CPU for a new driver, for tasks and actors with an empty runtime environment; Tune
+        # gives every trial actor one of its own (env_vars such as PL_DISABLE_FORK, ray/tune/execution/
+        # class_cache.py), so those workers never host a trial: they sat idle (0.5 s of CPU each) while the
+        # trials' workers started and imported beside them. Ray's switch for that prestart is off here.
         os.environ.update(env_vars)
+        os.environ.setdefault(PRESTART_ENV, "0")
         kwargs.update(include_dashboard=True, dashboard_host="127.0.0.1")
     else:
         # On a running cluster the job's runtime environment carries them to every process of the search on
