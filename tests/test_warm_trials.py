@@ -8,7 +8,11 @@ size: no seed, thread setting, registry state or memory peak carries over.
 
 from __future__ import annotations
 
+import time
+
+import psutil
 import pytest
+import ray
 import yaml
 
 from search.data.spec import DataSpec
@@ -61,3 +65,23 @@ def test_each_trial_reports_its_own_peak_after_a_larger_one(sequence):
     assert big["peak_gb"] > small["peak_gb"] + 0.03
     assert small_again["peak_gb"] == small["peak_gb"]
     assert small_again["activation_gb"] == small["activation_gb"] < big["activation_gb"]
+
+
+def worker_processes() -> list[psutil.Process]:
+    """The Ray worker processes of this test session's Ray: the raylet's children, its agents aside."""
+    (node,) = ray.nodes()
+    (raylet,) = [p for p in psutil.process_iter(["cmdline"])
+                 if any(node["RayletSocketName"] in arg for arg in p.info["cmdline"] or [])
+                 and "raylet" in (p.info["cmdline"] or [""])[0]]
+    return [p for p in raylet.children() if p.cmdline()[:1] and p.cmdline()[0].startswith("ray::")
+            and not p.cmdline()[0].endswith("Agent")]
+
+
+def test_embedded_ray_keeps_no_idle_worker_that_tune_would_not_use(sequence):
+    """Ray prestarts a worker per CPU for the driver's empty runtime environment; Tune's trial actors carry one of
+    their own, so such workers would only sit idle beside the trials' (search/execution/cluster.py turns Ray's
+    prestart off). Once the trials are over, no worker process is left."""
+    deadline = time.monotonic() + 20
+    while alive := worker_processes():
+        assert time.monotonic() < deadline, [p.cmdline()[0] for p in alive]
+        time.sleep(1)
