@@ -1,6 +1,10 @@
 """GPU packing by predicted memory, on a local Ray cluster that declares GPUs (Ray schedules declared GPUs on a CPU
 machine; the trials train on the CPU there): light trials share a GPU, heavy ones have it alone, no GPU's shares
-ever pass its memory, and an out-of-memory trial runs again once with twice its share."""
+ever pass its memory, and an out-of-memory trial runs again once with twice its share.
+
+Every proposal is Clay (tiny) at a share just under half the GPU: two fit side by side, and Tune starts up to three
+at once, so light trials share the GPU whatever Optuna proposes; the out-of-memory retries ask for twice that
+share, just under the whole GPU: those are the heavy trials that must have it alone."""
 
 from __future__ import annotations
 
@@ -15,13 +19,13 @@ from search.execution.run import run_search
 from search.outcome.study import load_study
 from tests.conftest import small_space
 
-GPU_GB = 0.21  # per GPU (resources.gpu_memory_gb): Clay tiny asks for 0.22 of it, TerraMind tiny for 0.96
+GPU_GB = 0.10  # per GPU (resources.gpu_memory_gb): Clay tiny asks for 0.47 of it, a retry of it for 0.94
 
 
 @pytest.fixture(scope="module")
 def packed_run(real_chips, tmp_path_factory, no_ray):
     tmp = tmp_path_factory.mktemp("packed")
-    space = small_space(real_chips, tiers={2: ["em_clay", "em_terramind"]}, **{
+    space = small_space(real_chips, tiers={2: ["em_clay"]}, **{
         "techniques.gradient_checkpointing": [False], "training.num_samples": 8, "training.epochs": 1,
         "training.scheduler": "fifo", "memory.overhead_gb": 0.0,
         "resources.gpu_memory_gb": GPU_GB, "resources.max_concurrent_trials": 3,
@@ -46,7 +50,7 @@ def test_light_trials_share_a_gpu_heavy_ones_have_it_alone_and_no_gpu_is_over_it
     assert rows and all(r["gpu_share"] is not None and len(r["gpu_ids"]) == 1 for r in rows)
     for r in rows:  # the share is (prediction + overhead) x 1.1 over the GPU's memory, to a hundredth up
         assert r["gpu_share"] >= r["predicted_gb"] * 1.1 / GPU_GB * (1 + r["oom_retries"]) - 1e-9 or r["gpu_share"] == 1
-    light = [r for r in rows if r["gpu_share"] <= 0.25]
+    light = [r for r in rows if r["gpu_share"] <= 0.5]
     heavy = [r for r in rows if r["gpu_share"] > 0.75]
     assert light and heavy
     # Light trials side by side on one GPU; a heavy trial never beside another trial on its GPU.

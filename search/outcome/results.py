@@ -125,12 +125,15 @@ NOT_EPOCH_REPORTS = ("fault", "infeasible", "test_miou")  # reports a trial make
 
 
 def _utc(seconds: float | None) -> datetime | None:
-    return None if seconds is None else datetime.fromtimestamp(round(seconds), tz=timezone.utc)
+    """To the millisecond, as the columns store it (trials report their own timestamps: training/worker.py)."""
+    return None if seconds is None else datetime.fromtimestamp(round(seconds, 3), tz=timezone.utc)
 
 
 def _span(metrics: dict[str, Any]) -> tuple[datetime | None, datetime | None]:
-    """When the trial started and made its last report, from Tune's own `timestamp` and `time_total_s`."""
-    finished, total = _float(metrics.get("timestamp")), _float(metrics.get("time_total_s"))
+    """When the trial started and made its last report: the report's own time (`reported_at`; Tune's whole-second
+    `timestamp` for a report without one, such as an infeasible configuration's) less Tune's `time_total_s`."""
+    finished = _float(metrics.get("reported_at", metrics.get("timestamp")))
+    total = _float(metrics.get("time_total_s"))
     started = finished - total if finished is not None and total is not None else None
     return _utc(started), _utc(finished)
 

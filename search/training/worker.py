@@ -146,6 +146,17 @@ def process_facts(cpus: float, import_seconds: float) -> dict[str, Any]:
             "torch_threads": torch.get_num_threads(), "cpus": cpus}
 
 
+REPORTED_AT = "reported_at"
+
+
+def stamped(report: Report) -> Report:
+    """Each report with the moment it was made (Unix seconds, to the microsecond). Tune's `timestamp` is whole
+    seconds (Ray's session overwrites any other), and a trial's span (results' `started_at`, `finished_at`:
+    the last report's time less Tune's `time_total_s`) was then off by up to a second: enough to show a
+    trial beside the one before it on a packed GPU, which Ray had not scheduled."""
+    return lambda metrics: report({**metrics, REPORTED_AT: time.time()})
+
+
 def train(loop_config: dict[str, Any], report: Report, distributed: bool = False, cpus: float = 1.0,
           import_seconds: float = 0.0) -> None:
     """Build datamodule, task and Trainer from the trial's TerraTorch config and fit; report every epoch.
@@ -156,6 +167,7 @@ def train(loop_config: dict[str, Any], report: Report, distributed: bool = False
     """
     global TRIALS_IN_THIS_PROCESS
     started = time.monotonic()
+    report = stamped(report)
     torch.set_num_threads(max(1, int(cpus)))  # the trial's own CPUs, whatever a previous trial set
     params = loop_config["params"]
     prepared = PreparedData.load(materialise(loop_config["data"]))
