@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -35,6 +36,26 @@ def finished_trials(out: Path, epochs: int) -> dict[str, list[dict]]:
     return {trial: results for trial, results in recorded(out).items() if results[-1].get("epoch") == epochs}
 
 
+def terminated(out: Path) -> set[str]:
+    """Trials Tune's latest snapshot of its experiment state holds as finished: what a resume keeps. A trial whose
+    last epoch is on disk but whose snapshot was taken before it returned is still RUNNING there, and a resume
+    trains it again (Tune's rule for a trial without a checkpoint)."""
+    states = sorted((out / "tune").glob("experiment_state-*.json"))
+    if not states:
+        return set()
+    try:
+        trials = [json.loads(data) for data, _ in json.loads(states[-1].read_text())["trial_data"]]
+    except json.JSONDecodeError:  # read while Tune rewrites it: the next poll sees the whole file
+        return set()
+    return {t["trial_id"] for t in trials if t.get("status") == "TERMINATED"}
+
+
+def kept_trials(out: Path, epochs: int) -> dict[str, list[dict]]:
+    """Finished trials, as recorded, that a resume must keep (see `terminated`)."""
+    done = terminated(out)
+    return {trial: results for trial, results in finished_trials(out, epochs).items() if trial in done}
+
+
 def test_sigkilled_search_resumes_without_losing_or_rerunning_trials(real_chips, tmp_path, embedded_ray):
     epochs = 8  # a warm trial of 8 tiny epochs lasts seconds: time to kill the driver in the middle of the search
     trials = 3  # one at a time: at the kill at least one has finished and at least the last one has not
@@ -44,8 +65,11 @@ def test_sigkilled_search_resumes_without_losing_or_rerunning_trials(real_chips,
     space_file = tmp_path / "space.yaml"
     space_file.write_text(yaml.safe_dump(space))
     out = tmp_path / "run"
+    # Tune snapshots its state and result files (what the poll below reads) every second, not every 10 s: on a fast
+    # machine the whole search could end before its first snapshot (tests/test_slurm.py saw it).
     driver = subprocess.Popen([sys.executable, "-m", "search", "run", str(space_file), "--out", str(out)],
-                              cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+                              cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+                              env={**os.environ, "TUNE_GLOBAL_CHECKPOINT_S": "1"})
     deadline = time.monotonic() + 300
     # Kill the driver as soon as the second trial has reported an epoch (one trial at a time: the first has
     # finished by then). The kill usually lands early in the second trial; on a fast machine the second may have
@@ -55,7 +79,7 @@ def test_sigkilled_search_resumes_without_losing_or_rerunning_trials(real_chips,
             break
         time.sleep(0.05)
     driver.send_signal(signal.SIGKILL)
-    before = finished_trials(out, epochs)
+    before = kept_trials(out, epochs)
     assert 1 <= len(before) < trials, f"expected a search cut short, saw finished {sorted(before)}"
     driver.wait()
     kill_session(driver.pid)  # the embedded Ray the killed driver started

@@ -20,12 +20,14 @@ import yaml
 
 from tests.conftest import REPO, small_space
 from tests.slurm_cluster import NODES, start_slurm_cluster, unavailable
-from tests.test_resume import finished_trials
+from tests.test_resume import finished_trials, kept_trials
 
 SCRIPT = REPO / "clusters" / "slurm" / "search.sbatch"
 EPOCHS = 3
-# Six trials, two at a time: the search goes on for well over Tune's 10 s between snapshots of its state (what
-# a resume reads) after the first trials finish, so the cancel lands mid-search with a finished trial on disk.
+# Six trials, two at a time, and Tune's snapshots of its state and result files (what a resume reads, and what
+# this test polls) every second instead of every 10 s (`TUNE_GLOBAL_CHECKPOINT_S`): a finished trial shows within a
+# second and the cancel lands mid-search. With Tune's default, a fast machine finished the whole search before its
+# first snapshot, and the cancel came after the end.
 TRIALS = 6
 
 
@@ -71,20 +73,20 @@ def test_sbatch_search_cancelled_then_resumed_on_two_nodes(slurm, real_chips, tm
         "techniques.gradient_checkpointing": [False], "training.num_samples": TRIALS, "training.epochs": EPOCHS,
         "training.grace_period": EPOCHS, "evaluation.folds": 0})))
     out = tmp_path / "runs" / "slurm-search"
-    env = {"EM_SEARCH_PYTHON": sys.executable, "EM_SEARCH_RUNS": str(tmp_path / "runs")}
+    env = {"EM_SEARCH_PYTHON": sys.executable, "EM_SEARCH_RUNS": str(tmp_path / "runs"), "TUNE_GLOBAL_CHECKPOINT_S": "1"}
     submit = ("--nodes=2", "--ntasks-per-node=1", "--cpus-per-task=1", f"--output={tmp_path}/job-%j.out")
 
     # Job 1: cancelled once a trial has finished and the search is still going.
     first = slurm.sbatch(*submit, str(SCRIPT), str(space_file), "--out", str(out), cwd=REPO, env=env)
     deadline = time.monotonic() + 300
-    while not finished_trials(out, EPOCHS):
+    while not kept_trials(out, EPOCHS):
         assert slurm.job(first).get("JobState") in ("PENDING", "RUNNING"), slurm.job(first)
         assert time.monotonic() < deadline, "no trial finished in job 1"
         time.sleep(0.5)
     subprocess.run(["scancel", first], env=slurm.env(), check=True)
     job = slurm.wait_for_job(first, timeout=120)
     assert job["JobState"] == "CANCELLED"
-    before = finished_trials(out, EPOCHS)
+    before = kept_trials(out, EPOCHS)
     first_output = (tmp_path / f"job-{first}.out").read_text()
     assert f"stopping the search (resume with: --out {out} --resume)" in first_output
     assert not (out / "results.parquet").exists() and (out / "optuna_journal.log").is_file()
