@@ -166,22 +166,18 @@ class Noise:
 
 def _simulated_scores(rng: np.random.Generator, shapes: Shapes, noise: Noise, water: np.ndarray,
                       chip_effect: np.ndarray, skill: float) -> Scores:
-    """One method's [fold][seed] confusions on chips whose hardness and water share the other method sees too."""
+    """One method's [fold][seed] confusions on chips whose hardness and water share the other method sees too
+    (every fold, seed and chip drawn at once: the simulations run thousands of comparisons)."""
     method_chip = rng.normal(0.0, noise.method_chip, chip_effect.shape)
-    scores: Scores = []
-    for f in range(shapes.folds):
-        fold = []
-        for _ in range(shapes.seeds):
-            luck = rng.normal(0.0, noise.seed)
-            quality = skill + chip_effect[f] + method_chip[f] + luck  # [chips]
-            recall, specificity = 1 / (1 + np.exp(-(quality + 1.0))), 1 / (1 + np.exp(-(quality + 2.5)))
-            n = shapes.pixels_per_chip
-            wet = n * water[f]
-            tp, tn = wet * recall, (n - wet) * specificity
-            fold.append({f"c{f}_{c}": np.array([[tn[c], (n - wet[c]) - tn[c]], [wet[c] - tp[c], tp[c]]])
-                         for c in range(shapes.chips_per_fold)})
-        scores.append(fold)
-    return scores
+    luck = rng.normal(0.0, noise.seed, (shapes.folds, shapes.seeds, 1))  # one per (fold, seed)
+    quality = skill + (chip_effect + method_chip)[:, None, :] + luck  # [folds, seeds, chips]
+    recall, specificity = 1 / (1 + np.exp(-(quality + 1.0))), 1 / (1 + np.exp(-(quality + 2.5)))
+    n = shapes.pixels_per_chip
+    wet = n * np.broadcast_to(water[:, None, :], quality.shape)
+    tp, tn = wet * recall, (n - wet) * specificity
+    matrices = np.stack([tn, (n - wet) - tn, wet - tp, tp], axis=-1).reshape(*quality.shape, 2, 2)
+    return [[{f"c{f}_{c}": matrices[f, s, c] for c in range(shapes.chips_per_fold)} for s in range(shapes.seeds)]
+            for f in range(shapes.folds)]
 
 
 def _declared(shapes: Shapes, noise: Noise, lead_skill: float, runs: int, seed: int) -> tuple[float, float]:
@@ -212,12 +208,14 @@ def skill_for_lead(lead: float, shapes: Shapes, noise: Noise = Noise(), seed: in
               rng.normal(0.0, noise.chip, (shapes.folds, shapes.chips_per_fold)), rng.integers(1 << 31))
              for _ in range(200)]
 
+    reference = [pooled_miou(_simulated_scores(np.random.default_rng(draw_seed + 1), shapes, noise, water,
+                                               chip_effect, 0.0)) for water, chip_effect, draw_seed in draws]
+
     def expected_lead(skill: float) -> float:
         total = 0.0
-        for water, chip_effect, draw_seed in draws:
+        for (water, chip_effect, draw_seed), other in zip(draws, reference):
             a = _simulated_scores(np.random.default_rng(draw_seed), shapes, noise, water, chip_effect, skill)
-            b = _simulated_scores(np.random.default_rng(draw_seed + 1), shapes, noise, water, chip_effect, 0.0)
-            total += pooled_miou(a) - pooled_miou(b)
+            total += pooled_miou(a) - other
         return total / len(draws)
 
     low, high = 0.0, 4.0
