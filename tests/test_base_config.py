@@ -100,13 +100,22 @@ def test_trials_validate_and_baselines_score_on_the_datamodules_own_splits(flood
     assert (outcome.out_dir / "report.html").read_text().count("flood-base") >= 1
 
 
-def test_a_finished_base_config_run_resumes(flood_run):
+def recorded_results(out: Path) -> dict[str, str]:
+    """Every Tune experiment's result files in a run directory (search, reference CNN's learning rate, held-out)."""
+    return {str(path.relative_to(out)): path.read_text() for path in sorted(out.glob("*/*/result.json"))}
+
+
+def test_a_finished_base_config_run_resumes_without_training_again(flood_run):
     outcome, space_file, _ = flood_run
+    before = recorded_results(outcome.out_dir)
+    assert any(name.startswith("reference_lr/") for name in before) and any(n.startswith("held_out/") for n in before)
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(REPO)
         again = run_search(space_file, outcome.out_dir, resume=True)
     assert {r["trial_id"] for r in pq.read_table(again.out_dir / "results.parquet").to_pylist()} == \
         {r["trial_id"] for r in pq.read_table(outcome.out_dir / "results.parquet").to_pylist()}
+    # No trial of any stage ran again: the reference CNN's three learning-rate trials were retrained here before.
+    assert recorded_results(outcome.out_dir) == before
 
 
 def test_terramesh_example_base_config_search_exports_a_config_terratorch_trains(tmp_path_factory, monkeypatch,

@@ -98,6 +98,10 @@ def test_sbatch_search_cancelled_then_resumed_on_two_nodes(slurm, real_chips, tm
     second_output = (tmp_path / f"job-{second}.out").read_text()
     assert job["JobState"] == "COMPLETED" and job["ExitCode"] == "0:0", second_output[-3000:]
     assert "— resuming" in second_output
+    # The resumed search in its fresh process prints as quietly as a new one: no Tune box, results path or
+    # TensorBoard hint (a restored Tuner printed them when Tune's output switches were set for new ones only).
+    for unwanted in ("TensorBoard", "View detailed results", "Configuration for experiment"):
+        assert unwanted not in first_output and unwanted not in second_output, unwanted
 
     rows = pq.read_table(out / "results.parquet").to_pylist()
     assert len(rows) == TRIALS and all(r["status"] == "completed" for r in rows), [r["error"] for r in rows]

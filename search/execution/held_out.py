@@ -20,14 +20,14 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import pyarrow as pa
 from ray import tune
 
 from search.data.storage import whole_file_storage
 from search.execution.trial import TrialSetup, run_confirmation, run_trial
-from search.execution.tuner import run_config, with_trial_resources
+from search.execution.tuner import run_config, tune_output_switches, with_trial_resources
 from search.outcome.export import write_results
 from search.outcome.results import CONFIRM_SCHEMA, ranked, trial_rows
 from search.outcome.statistics import REFERENCE_BACKBONE, REFERENCE_ROLE, RUNNER_UP_ROLE, WINNER_ROLE
@@ -64,19 +64,33 @@ def reference_config(space: Space, batch_size: int, learning_rate: float) -> dic
             "role": REFERENCE_ROLE, "source_trial_id": None}
 
 
-def reference_learning_rate(space: Space, batch_size: int, setup: TrialSetup, concurrent: int, echo) -> float:
+def restored_or_new(name: str, trainable, setup: TrialSetup, resume: bool, new: Callable[[], tune.Tuner]) -> tune.Tuner:
+    """Tune's experiment `<storage>/<name>` restored where a resumed run already started it (its finished trials are
+    kept, not trained again), else `new()`."""
+    path = f"{setup.storage.rstrip('/')}/{name}"
+    filesystem = whole_file_storage(path)
+    if resume and tune.Tuner.can_restore(path, storage_filesystem=filesystem):
+        tune_output_switches()
+        return tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=False,
+                                  storage_filesystem=filesystem)
+    return new()
+
+
+def reference_learning_rate(space: Space, batch_size: int, setup: TrialSetup, concurrent: int, resume: bool,
+                            echo) -> float:
     """The reference CNN's learning rate where the space does not search it: the best validation mIoU of three
     log-spaced rates over the space's range, trained on the search's split for the search's epochs."""
     low, high = space.training.learning_rate
     rates = [low * (high / low) ** (i / (REFERENCE_LEARNING_RATES - 1)) for i in range(REFERENCE_LEARNING_RATES)]
     echo(f"reference CNN: choosing its learning rate on validation from {', '.join(f'{r:.1e}' for r in rates)}")
-    grid = tune.Tuner(
-        with_trial_resources(run_trial, setup),
+    trainable = with_trial_resources(run_trial, setup)
+    grid = restored_or_new("reference_lr", trainable, setup, resume, lambda: tune.Tuner(
+        trainable,
         param_space={**reference_config(space, batch_size, 0.0), "learning_rate": tune.grid_search(rates)},
         tune_config=tune.TuneConfig(max_concurrent_trials=concurrent, reuse_actors=True),
         run_config=run_config("reference_lr", setup, space, live_metrics=False, label="reference lr",
                               total=len(rates), echo=echo),
-    ).fit()
+    )).fit()
     scores = [(r.metrics.get("val_miou", -math.inf), r.config["learning_rate"]) for r in grid
               if r.metrics and math.isfinite(r.metrics.get("val_miou", math.nan))]
     return max(scores)[1] if scores else math.sqrt(low * high)
@@ -90,20 +104,15 @@ def fold_seed(space: Space, fold: int, seed_index: int) -> int:
 def held_out_tuner(space: Space, picks: list[dict[str, Any]], folds: list[int | None], setup: TrialSetup,
                    max_concurrent: int, resume: bool = False, echo=print) -> tune.Tuner:
     trainable = with_trial_resources(run_confirmation, setup)
-    path = f"{setup.storage.rstrip('/')}/held_out"
-    filesystem = whole_file_storage(path)
-    if resume and tune.Tuner.can_restore(path, storage_filesystem=filesystem):
-        return tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=False,
-                                  storage_filesystem=filesystem)
     runs = [{"fold": fold, "seed": fold_seed(space, fold or 0, s)} for fold in folds
             for s in range(space.evaluation.seeds)]
-    return tune.Tuner(
+    return restored_or_new("held_out", trainable, setup, resume, lambda: tune.Tuner(
         trainable,
         param_space={"candidate": tune.grid_search(picks), "run": tune.grid_search(runs)},
         tune_config=tune.TuneConfig(max_concurrent_trials=max_concurrent, reuse_actors=True),
         run_config=run_config("held_out", setup, space, live_metrics=False, label="held-out run",
                               total=len(picks) * len(runs), echo=echo),
-    )
+    ))
 
 
 def held_out_rows(result_grid, space: Space) -> list[dict[str, Any]]:
@@ -122,7 +131,7 @@ def held_out_stage(space: Space, rows: list[dict[str, Any]], best: dict[str, Any
     picks = methods(space, rows, best)
     if space.evaluation.reference_cnn and not any(p["role"] == REFERENCE_ROLE for p in picks) \
             and best["backbone"] != REFERENCE_BACKBONE:
-        rate = reference_learning_rate(space, best["batch_size"], session.setup, session.concurrent, echo)
+        rate = reference_learning_rate(space, best["batch_size"], session.setup, session.concurrent, resume, echo)
         picks.append(reference_config(space, best["batch_size"], rate))
     echo(f"held-out test: {', '.join(p['role'] for p in picks)} x {len(folds)} fold(s) x "
          f"{space.evaluation.seeds} seed(s), {space.training.epochs} epochs each")

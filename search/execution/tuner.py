@@ -125,6 +125,20 @@ def with_trial_resources(trainable: Callable, setup: TrialSetup):
     return tune.with_resources(tune.with_parameters(trainable, setup=setup), bundle)
 
 
+def tune_output_switches() -> None:
+    """Tune's own switches for what it prints and logs, set before any Tuner is built or restored (a restored
+    Tuner reads them too: the resumed run of a fresh process printed Tune's experiment box, results path and
+    TensorBoard hint when they were set only for a new one).
+
+    `RAY_AIR_NEW_OUTPUT=0`: Tune's original output engine, silent at `verbose=0` (the newer one prints an
+    experiment box and a results path at every verbosity; the run directory line already says where they are).
+    `TUNE_DISABLE_AUTO_CALLBACK_LOGGERS=1`: no TensorBoard logger, which nothing here reads and which warns on
+    every list-valued metric.
+    """
+    os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
+    os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
+
+
 def run_config(name: str, setup: TrialSetup, space: Space, live_metrics: bool = True,
                callbacks: tuple = (), label: str = "trial", total: int | None = None, echo=print) -> tune.RunConfig:
     """Tune's experiment `<storage>/<name>`.
@@ -135,14 +149,10 @@ def run_config(name: str, setup: TrialSetup, space: Space, live_metrics: bool = 
     restarted by Ray Train instead.
 
     The console gets one line per trial start and end (search/execution/progress.py) instead of Tune's
-    tables: `verbose=0` with Tune's original output engine (`RAY_AIR_NEW_OUTPUT=0`; the newer one prints an
-    experiment box and a results path at every verbosity, the run directory line already says where they are).
-    Tune's result loggers are named: CSV and JSON, which its ResultGrid reads back;
-    its TensorBoard logger, which nothing here reads and which warns on every list-valued metric, is left
-    out (`TUNE_DISABLE_AUTO_CALLBACK_LOGGERS`, Tune's own switch for exactly this).
+    tables (`verbose=0`, with `tune_output_switches`). Tune's result loggers are named: CSV and JSON, which its
+    ResultGrid reads back.
     """
-    os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
-    os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
+    tune_output_switches()
     retries = setup.max_failures if setup.resources.in_process else 0
     watchers = [LiveSearchMetrics(space.name, METRIC)] if live_metrics else []
     lines = TrialLines(label, total, echo, space.training.epochs)
@@ -162,6 +172,7 @@ def build_tuner(space: Space, out_dir: Path, setup: TrialSetup, max_concurrent: 
     """
     trainable = with_trial_resources(run_trial, setup)
     if resume:
+        tune_output_switches()
         return tune.Tuner.restore(f"{setup.storage.rstrip('/')}/tune", trainable, resume_unfinished=True,
                                   resume_errored=False, restart_errored=False,
                                   storage_filesystem=whole_file_storage(setup.storage))
