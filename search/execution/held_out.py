@@ -20,14 +20,13 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pyarrow as pa
 from ray import tune
 
-from search.data.storage import whole_file_storage
 from search.execution.trial import TrialSetup, run_confirmation, run_trial
-from search.execution.tuner import run_config, tune_output_switches, with_trial_resources
+from search.execution.tuner import restored_or_new, run_config, with_trial_resources
 from search.outcome.export import write_results
 from search.outcome.results import CONFIRM_SCHEMA, ranked, trial_rows
 from search.outcome.statistics import REFERENCE_BACKBONE, REFERENCE_ROLE, RUNNER_UP_ROLE, WINNER_ROLE
@@ -62,18 +61,6 @@ def reference_config(space: Space, batch_size: int, learning_rate: float) -> dic
     return {"tier": 0, "backbone": REFERENCE_BACKBONE, **{k: v[0] for k, v in TechniqueSpace().choices.items()},
             "learning_rate": learning_rate, "batch_size": batch_size, "predicted_gb": None, "trial_number": None,
             "role": REFERENCE_ROLE, "source_trial_id": None}
-
-
-def restored_or_new(name: str, trainable, setup: TrialSetup, resume: bool, new: Callable[[], tune.Tuner]) -> tune.Tuner:
-    """Tune's experiment `<storage>/<name>` restored where a resumed run already started it (its finished trials are
-    kept, not trained again), else `new()`."""
-    path = f"{setup.storage.rstrip('/')}/{name}"
-    filesystem = whole_file_storage(path)
-    if resume and tune.Tuner.can_restore(path, storage_filesystem=filesystem):
-        tune_output_switches()
-        return tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=False,
-                                  storage_filesystem=filesystem)
-    return new()
 
 
 def reference_learning_rate(space: Space, batch_size: int, setup: TrialSetup, concurrent: int, resume: bool,

@@ -162,6 +162,18 @@ def run_config(name: str, setup: TrialSetup, space: Space, live_metrics: bool = 
                           verbose=0)
 
 
+def restored_or_new(name: str, trainable, setup: TrialSetup, resume: bool, new: Callable[[], tune.Tuner]) -> tune.Tuner:
+    """Tune's experiment `<storage>/<name>` restored where a resumed run already started it (its finished trials are
+    kept, not trained again), else `new()`."""
+    path = f"{setup.storage.rstrip('/')}/{name}"
+    filesystem = whole_file_storage(path)
+    if resume and tune.Tuner.can_restore(path, storage_filesystem=filesystem):
+        tune_output_switches()
+        return tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=False,
+                                  storage_filesystem=filesystem)
+    return new()
+
+
 def build_tuner(space: Space, out_dir: Path, setup: TrialSetup, max_concurrent: int,
                 resume: bool = False, callbacks: tuple = (), floor: float | None = None, echo=print,
                 gpu_memory: float | None = None) -> tune.Tuner:
@@ -171,12 +183,7 @@ def build_tuner(space: Space, out_dir: Path, setup: TrialSetup, max_concurrent: 
     run again from their start) and the pickled OptunaSearch, whose study lives on in the journal.
     """
     trainable = with_trial_resources(run_trial, setup)
-    if resume:
-        tune_output_switches()
-        return tune.Tuner.restore(f"{setup.storage.rstrip('/')}/tune", trainable, resume_unfinished=True,
-                                  resume_errored=False, restart_errored=False,
-                                  storage_filesystem=whole_file_storage(setup.storage))
-    return tune.Tuner(
+    return restored_or_new("tune", trainable, setup, resume, lambda: tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(
             search_alg=optuna_searcher(space, out_dir, floor, gpu_memory),
@@ -187,4 +194,4 @@ def build_tuner(space: Space, out_dir: Path, setup: TrialSetup, max_concurrent: 
             reuse_actors=True,
         ),
         run_config=run_config("tune", setup, space, callbacks=callbacks, total=space.training.num_samples, echo=echo),
-    )
+    ))
