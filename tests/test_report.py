@@ -208,6 +208,19 @@ def test_asha_bench_arms_differ_only_in_scheduler_and_skip_the_held_out_stage():
     assert raw["evaluation"] == {"folds": 3}  # the user's space is not changed
 
 
+def test_trial_table_names_every_catalogued_backbone_whole_within_80_columns():
+    """Defect: the backbone column cut names to 12 characters (`internvl2_40`, `granite_4_ti`)."""
+    from em_backbones.catalog import CATALOG
+    from search.outcome.results import summary_table
+
+    rows = [row(f"t{i}", 0.5, 1.0 + i, backbone=name, quantization_bits=4, lora_rank=64, gradient_checkpointing=True)
+            for i, name in enumerate(CATALOG)]
+    lines = summary_table(rows, top=len(rows)).splitlines()
+    assert all(len(line) <= 80 for line in lines), max(lines, key=len)
+    assert sorted(line.split()[1] for line in lines[2:]) == sorted(CATALOG)
+    assert {" ".join(line.split()[3:6]) for line in lines[2:]} == {"4b 64l ck"}  # the knobs, whole
+
+
 def test_closing_lines_give_every_methods_interval_and_say_when_no_configuration_cleared_the_floor():
     from search.outcome.summary import held_out_lines
     from search.outcome.verdict import floor_line, no_winner_line, verdict_lines
@@ -220,6 +233,13 @@ def test_closing_lines_give_every_methods_interval_and_say_when_no_configuration
     verdicts = verdict_lines(held_out["comparisons"])
     assert all(v.startswith("  vs ") and " [" in v and ("ahead" in v or "BEHIND" in v or "no difference" in v)
                for v in verdicts)
+    # Whole names in aligned columns (the reference's 31-character name was once cut to "... U-Net) e").
+    assert any(line.startswith("  small CNN (tier-0 U-Net) em_cnn ") for line in lines[2:])
+    assert any(line.startswith("  vs small CNN (tier-0 U-Net) em_cnn ") for line in verdicts)
+    longest = max(len(method["name"]) for method in held_out["methods"])
+    assert all(line[2 + longest] == " " and line[3 + longest].isdigit() for line in lines[2:])
+    longest = max(len(c["against"]) for c in held_out["comparisons"])
+    assert all(line[5 + longest] == " " and line[6 + longest] in "+-" for line in verdicts)
     floor = {"val_miou": 0.2, "source": "pixel classifier"}
     assert floor_line(floor, ROWS[3]) == "accuracy floor: val mIoU 0.2000 (pixel classifier): NOT cleared"
     assert no_winner_line(floor, cleared=False) == ("no configuration cleared the accuracy floor (val mIoU 0.2000): "

@@ -251,8 +251,8 @@ def test_baselines_floor_and_verdicts_are_in_the_summary_and_the_closing_lines(f
     assert properties["shapes"] == {"folds": 3, "chips_per_fold": 2, "seeds": 1, "pixels_per_chip": 65536}
     assert properties["false_positive_rate"] <= 0.05 + 2 * properties["false_positive_rate_error"]
     lines = "\n".join(finished_run_lines(finished_run, summary))
-    for name in against:
-        assert f"  vs {name[:26]}" in lines
+    for name in against:  # whole names: "small CNN (tier-0 U-Net) em_cnn" was once cut to "... e"
+        assert f"  vs {name} " in lines
     assert "wall time: " in lines and "search " in lines and "held-out stage " in lines
     assert ("no configuration cleared the accuracy floor" in lines.splitlines()[-1]) == (not summary["cleared_floor"])
 

@@ -248,19 +248,25 @@ def knobs_short(row: dict[str, Any]) -> str:
 
 
 def summary_table(rows: list[dict[str, Any]], top: int = 10) -> str:
-    """The printed trial table, best first, under 80 columns: status `ASHA@e` = stopped by ASHA after e epochs;
-    knobs `16b 0l ck` = bits, LoRA rank, checkpointing; `*` = below the accuracy floor (cannot win)."""
+    """The printed trial table, best first, under 80 columns for the registered backbones: status `ASHA@e` = stopped
+    by ASHA after e epochs; knobs `16b 0l ck` = bits, LoRA rank, checkpointing; `*` = below the accuracy floor
+    (cannot win). Backbone and knobs columns are as wide as what they hold: a cut name (`internvl2_40`) misleads."""
     def fmt(value: Any, spec: str) -> str:
         return format(value, spec) if value is not None else format("-", spec.rstrip(".0123456789ef") or ">1")
 
-    header = f"{'trial':<8} {'backbone':<12} {'status':<8} {'knobs':<10} {'lr':>7} {'bs':>3} {'val':>6} {'GB':>6} {'/GB':>6}"
+    shown = sorted(rows, key=lambda r: (r["objective"] is None, r.get("above_floor") is False,
+                                        -(r["objective"] or 0.0)))[:top]
+    name_width = max([len("backbone"), *(len(str(r["backbone"])) for r in shown)])
+    knobs_width = max([len("knobs"), *(len(knobs_short(r)) for r in shown)])
+    header = (f"{'trial':<8} {'backbone':<{name_width}} {'status':<8} {'knobs':<{knobs_width}} {'lr':>7} {'bs':>3} "
+              f"{'val':>6} {'GB':>6} {'/GB':>6}")
     lines = [header, "-" * len(header)]
-    for r in sorted(rows, key=lambda r: (r["objective"] is None, r.get("above_floor") is False,
-                                         -(r["objective"] or 0.0)))[:top]:
+    for r in shown:
         status = STATUS_SHORT.get(r["status"], r["status"])
         status += f"@{r['epochs_run']}" if r["status"] == STATUS_STOPPED else ""
         floor_mark = "*" if r.get("above_floor") is False else " "
-        lines.append(f"{r['trial_id'][-8:]:<8} {str(r['backbone'])[:12]:<12} {status:<8} {knobs_short(r)[:10]:<10} "
+        lines.append(f"{r['trial_id'][-8:]:<8} {str(r['backbone']):<{name_width}} {status:<8} "
+                     f"{knobs_short(r):<{knobs_width}} "
                      f"{fmt(r['learning_rate'], '>7.1e')} {fmt(r['batch_size'], '>3')} {fmt(r['val_miou'], '>6.3f')}"
                      f"{floor_mark}{fmt(r['peak_gb'], '>6.3f')} {fmt(r['objective'], '>6.2f')}")
         if r["error"]:

@@ -117,10 +117,11 @@ def held_out_lines(held_out: dict) -> list[str]:
     shapes = held_out["shapes"]
     lines = ["", f"held-out test mIoU ({shapes['folds']} folds, every chip tested once): mean of folds [95% CI], "
                  "pooled"]
+    width = max(len(method["name"]) for method in held_out["methods"])  # whole names, aligned
     for method in held_out["methods"]:
         t = method["test_miou"]
         span = "" if t["low"] is None else f" [{t['low']:.4f}, {t['high']:.4f}]"
-        lines.append(f"  {method['name'][:30]:<30} {t['estimate']:.4f}{span:<18}  {method['pooled_test_miou']:.4f}")
+        lines.append(f"  {method['name']:<{width}} {t['estimate']:.4f}{span:<18}  {method['pooled_test_miou']:.4f}")
     return lines
 
 

@@ -38,5 +38,7 @@ def lead_text(comparison: dict[str, Any]) -> str:
 
 
 def verdict_lines(comparisons: list[dict[str, Any]]) -> list[str]:
-    """One line per reference: the winner's test-mIoU lead, its 95% interval over folds, the verdict."""
-    return [f"  vs {c['against'][:26]:<26} {lead_text(c)}" for c in comparisons]
+    """One line per reference: the winner's test-mIoU lead, its 95% interval over folds, the verdict. The name
+    column is as wide as the longest name: a cut name ("small CNN (tier-0 U-Net) e") hides which model it is."""
+    width = max((len(c["against"]) for c in comparisons), default=0)
+    return [f"  vs {c['against']:<{width}} {lead_text(c)}" for c in comparisons]
