@@ -149,10 +149,9 @@ def run_config(name: str, setup: TrialSetup, space: Space, live_metrics: bool = 
     restarted by Ray Train instead.
 
     The console gets one line per trial start and end (search/execution/progress.py) instead of Tune's
-    tables (`verbose=0`, with `tune_output_switches`). Tune's result loggers are named: CSV and JSON, which its
-    ResultGrid reads back.
+    tables (`verbose=0`, with `tune_output_switches`, which `restored_or_new` sets). Tune's result loggers are
+    named: CSV and JSON, which its ResultGrid reads back.
     """
-    tune_output_switches()
     retries = setup.max_failures if setup.resources.in_process else 0
     watchers = [LiveSearchMetrics(space.name, METRIC)] if live_metrics else []
     lines = TrialLines(label, total, echo, space.training.epochs)
@@ -164,11 +163,11 @@ def run_config(name: str, setup: TrialSetup, space: Space, live_metrics: bool = 
 
 def restored_or_new(name: str, trainable, setup: TrialSetup, resume: bool, new: Callable[[], tune.Tuner]) -> tune.Tuner:
     """Tune's experiment `<storage>/<name>` restored where a resumed run already started it (its finished trials are
-    kept, not trained again), else `new()`."""
+    kept, not trained again), else `new()`; every Tuner of a run is made here, after Tune's output switches."""
+    tune_output_switches()
     path = f"{setup.storage.rstrip('/')}/{name}"
     filesystem = whole_file_storage(path)
     if resume and tune.Tuner.can_restore(path, storage_filesystem=filesystem):
-        tune_output_switches()
         return tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=False,
                                   storage_filesystem=filesystem)
     return new()
