@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -62,6 +63,32 @@ def real_chips() -> Path:
     if not (SHARED_CHIPS / "S1RTC").is_dir():
         pytest.fail(f"the real chips are expected at {SHARED_CHIPS} (../shared beside the repo)")
     return SHARED_CHIPS
+
+
+def terratorch_fit_fast_dev_run(config: Path, cwd: Path):
+    """`terratorch fit -c CONFIG --trainer.fast_dev_run=true` through TerraTorch's own CLI (`build_lightning_cli`,
+    what the `terratorch` command calls), in this process, which has the model stack imported already: a fresh
+    interpreter costs ~14 s of imports per config. What only a fresh interpreter shows, that the config's
+    `custom_modules_path` registers the project's backbones there, holds because the config names the plugin
+    folder (checked here) and that folder registers them in a fresh `terratorch fit`
+    (tests/test_commands.py::test_the_example_base_config_trains_under_terratorch_as_it_stands). Returns the trainer."""
+    from terratorch.cli_tools import build_lightning_cli
+
+    from em_backbones import PLUGIN_DIR
+
+    plugin = yaml.safe_load(Path(config).read_text()).get("custom_modules_path")
+    assert plugin and (Path(cwd) / plugin).resolve() == PLUGIN_DIR.resolve(), f"custom_modules_path: {plugin}"
+    environ = dict(os.environ)  # TerraTorch's CLI sets GDAL's variables for the process
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(cwd)  # relative data paths resolve as they would for the command run there
+        patch.setattr(sys, "argv", ["terratorch", "fit", "-c", str(config), "--trainer.fast_dev_run=true"])
+        try:
+            trainer = build_lightning_cli().trainer  # reads sys.argv, as the command does
+        finally:
+            os.environ.clear()
+            os.environ.update(environ)
+    assert trainer.state.finished and trainer.global_step == 1  # fast_dev_run: `max_steps=1` reached
+    return trainer
 
 
 def small_space(data_root: Path | None, **overrides) -> dict:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -12,7 +10,7 @@ import yaml
 
 from search.__main__ import main
 from search.execution.run import run_search
-from tests.conftest import REPO
+from tests.conftest import REPO, terratorch_fit_fast_dev_run
 
 SEARCHED = ("model.init_args.model_args.backbone", "model.init_args.lr", "data.init_args.batch_size")
 
@@ -66,11 +64,6 @@ def flood_run(tmp_path_factory, embedded_ray):
         return outcome, space_file, base
 
 
-def fast_dev_run(best_yaml) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "terratorch", "fit", "-c", str(best_yaml),
-                           "--trainer.fast_dev_run=true"], cwd=REPO, capture_output=True, text=True, timeout=600)
-
-
 def test_best_yaml_is_the_users_config_with_only_the_searched_parts_replaced(flood_run):
     outcome, _, base_path = flood_run
     base = yaml.safe_load(base_path.read_text())
@@ -80,8 +73,7 @@ def test_best_yaml_is_the_users_config_with_only_the_searched_parts_replaced(flo
     assert args["backbone"] in ("em_prithvi", "em_terramind") and args["backbone_modalities"] == ["S1GRD"]
     assert args["backbone_img_size"] == 128  # read from the datamodule's batches (the config's crops)
     assert best["model"]["init_args"]["class_weights"] == [0.3, 0.7]  # the user's loss settings, kept
-    result = fast_dev_run(outcome.out_dir / "best.yaml")
-    assert result.returncode == 0, result.stderr[-2000:]
+    terratorch_fit_fast_dev_run(outcome.out_dir / "best.yaml", REPO)  # its data paths are relative to the repository
 
 
 def test_trials_validate_and_baselines_score_on_the_datamodules_own_splits(flood_run):
@@ -127,8 +119,7 @@ def test_terramesh_example_base_config_search_exports_a_config_terratorch_trains
     best = yaml.safe_load((outcome.out_dir / "best.yaml").read_text())
     assert searched_parts_only(base, best) == []
     assert best["model"]["init_args"]["model_args"]["backbone_modalities"] == ["S1RTC", "S2L2A"]
-    result = fast_dev_run(outcome.out_dir / "best.yaml")
-    assert result.returncode == 0, result.stderr[-2000:]
+    terratorch_fit_fast_dev_run(outcome.out_dir / "best.yaml", REPO)  # its data paths are relative to the repository
 
 
 @pytest.mark.parametrize("breakage, named", [

@@ -105,16 +105,13 @@ def test_predicted_load_memory_is_the_final_model_plus_the_largest_shard(checkpo
 
 
 def test_a_space_naming_weights_exports_a_best_yaml_that_loads_them_under_terratorch_fit(real_chips, tmp_path):
-    import subprocess
-    import sys
-
     import yaml
 
     from search.data.spec import DataSpec
     from search.data.tiles import prepare
     from search.outcome.export import write_trial_config
     from search.plan.space import SpaceError, parse_space
-    from tests.conftest import REPO, TEST_CHIP, VAL_CHIP, small_space
+    from tests.conftest import TEST_CHIP, VAL_CHIP, small_space, terratorch_fit_fast_dev_run
 
     torch.manual_seed(0)
     source = BACKBONE_REGISTRY.build("internvl2_4b", scale="tiny", img_size=112)
@@ -136,11 +133,7 @@ def test_a_space_naming_weights_exports_a_best_yaml_that_loads_them_under_terrat
     args = config["model"]["init_args"]["model_args"]
     assert args["backbone_pretrained"] is True and args["backbone_ckpt_path"] == str((tmp_path / "hf").resolve())
     assert f"Weights: {(tmp_path / 'hf').resolve()}." in header
-    result = subprocess.run([sys.executable, "-m", "terratorch", "fit", "-c", str(tmp_path / "best.yaml"),
-                             "--trainer.fast_dev_run=true"], cwd=tmp_path, capture_output=True, text=True, timeout=300,
-                            env={**__import__("os").environ, "PYTHONPATH": str(REPO)})
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert "`Trainer.fit` stopped: `max_steps=1` reached" in result.stdout + result.stderr
+    terratorch_fit_fast_dev_run(tmp_path / "best.yaml", tmp_path)
 
 
 def test_experts_at_checkpoint_precision_are_let_go_layer_by_layer(checkpoint, monkeypatch):
