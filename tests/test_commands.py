@@ -1,6 +1,12 @@
-"""Every command the README shows, run as a user would (`python -m search ...` in a fresh process) with the
-smallest arguments that exercise it, and its output read. (`run`, `report`, `check`, `memory --test`, `bench
-backbones` and `capacity` run in their own test files.)"""
+"""Every command the README shows, with the smallest arguments that exercise it, and its output read. (`run`,
+`report`, `check`, `memory --test`, `bench backbones` and `capacity` run in their own test files.)
+
+Commands whose process is part of what they measure or show run as a user runs them, `python -m search ...` in a
+fresh process: the peer bench (a fresh search's wall time and console), the load bench (the processes a search
+leaves behind), calibrate (what it may import), imports (an interpreter's first import). The others go through
+the same entry point, `search.__main__.main`, in this process, which has the model stack imported and the
+session's Ray up: a fresh interpreter would add ~10 s of imports (and the ASHA bench a Ray start) to each and check
+nothing more."""
 
 from __future__ import annotations
 
@@ -10,9 +16,9 @@ import sys
 from pathlib import Path
 
 import pyarrow.parquet as pq
-import pytest
 import yaml
 
+from search.__main__ import main
 from tests.conftest import REPO, small_space
 
 BLOCK = """
@@ -54,19 +60,18 @@ def test_calibrate_runs_where_ray_terratorch_rasterio_and_lightning_cannot_be_im
     assert "corrections (median measured / predicted)" in done.stdout
 
 
-def test_memory_validate_runs_as_a_command_and_covers_the_reference_cnn(tmp_path):
-    done = search("memory", "--validate", "--backbones", "em_cnn", "em_clay", "--out", str(tmp_path))
-    assert done.returncode == 0, done.stderr[-2000:]
+def test_memory_validate_runs_as_a_command_and_covers_the_reference_cnn(tmp_path, capsys):
+    assert main(["memory", "--validate", "--backbones", "em_cnn", "em_clay", "--out", str(tmp_path)]) == 0
     rows = pq.read_table(tmp_path / "memory_validation.parquet").to_pylist()
     cnn = [r for r in rows if r["backbone"] == "em_cnn"]
     assert cnn and all(abs(r["relative_error"]) < 0.1 for r in cnn)  # the U-Net's estimate, measured
-    assert "em_cnn" in done.stdout
+    assert "em_cnn" in capsys.readouterr().out
 
 
 def test_fullscale_bench_at_tiny_scale_measures_an_ordinary_and_a_tuned_process(tmp_path):
-    done = search("bench", "fullscale", "--scale", "tiny", "--backbones", "internvl2_4b", "--checkpoints",
-                  str(tmp_path / "ckpt"), "--out", str(tmp_path / "out"))
-    assert done.returncode == 0, done.stderr[-2000:]
+    """The measuring processes are fresh ones the bench starts itself (python -m benchmarks.fullscale)."""
+    assert main(["bench", "fullscale", "--scale", "tiny", "--backbones", "internvl2_4b", "--checkpoints",
+                 str(tmp_path / "ckpt"), "--out", str(tmp_path / "out")]) == 0
     rows = pq.read_table(tmp_path / "out" / "fullscale.parquet").to_pylist()
     assert [r["process"] for r in rows] == ["ordinary", "thresholds in env"]
     for r in rows:
@@ -100,11 +105,12 @@ def test_peer_bench_alternates_the_peer_and_this_search_and_prints_the_ratio(rea
     assert len(table) == 3 and all(len(line) <= 80 for line in table), table  # the trial table fits 80 columns
 
 
-def test_capacity_simulation_packs_more_trials_than_one_gpu_each_and_fills_no_gpu_past_its_memory():
-    done = search("capacity", "--simulate", "spaces/tier3.yaml", "--batch-sizes", "1", "--gpus-per-node", "2",
-                  "--repeats", "4", "--time-scale", "600")
-    assert done.returncode == 0, done.stderr[-2000:]
-    table = done.stdout[done.stdout.index("QLoRA trials on"):]
+def test_capacity_simulation_packs_more_trials_than_one_gpu_each_and_fills_no_gpu_past_its_memory(capsys, no_ray):
+    """The replay starts a Ray of its own, with simulated GPUs (so the session's shared one is down: `no_ray`)."""
+    assert main(["capacity", "--simulate", str(REPO / "spaces/tier3.yaml"), "--batch-sizes", "1",
+                 "--gpus-per-node", "2", "--repeats", "4", "--time-scale", "600"]) == 0
+    printed = capsys.readouterr().out
+    table = printed[printed.index("QLoRA trials on"):]
     whole, packed = (line.split()[-4:] for line in table.splitlines()[2:4])  # most, mean, wall h, fullest GB
     assert int(whole[0]) == 2 and int(packed[0]) >= 3 * int(whole[0])  # two GPUs: one trial each, or 3+ packed
     assert float(packed[3]) <= 80.0 and float(whole[3]) <= 80.0 and float(packed[2]) < float(whole[2])
@@ -117,23 +123,21 @@ def test_the_example_base_config_trains_under_terratorch_as_it_stands():
     assert "`Trainer.fit` stopped: `max_steps=1` reached" in done.stdout + done.stderr
 
 
-@pytest.mark.parametrize("argv", [["load", "--trials", "1"], ["bench", "asha"]])
-def test_load_and_asha_benchmarks_run_and_write_their_tables(argv, real_chips, tmp_path):
-    if argv[1:2] == ["asha"]:
-        space = small_space(real_chips, tiers={2: ["em_clay"]}, **{
-            "techniques.gradient_checkpointing": [False], "training.num_samples": 1, "training.epochs": 2})
-        (tmp_path / "space.yaml").write_text(yaml.safe_dump(space))
-        argv = [*argv, str(tmp_path / "space.yaml")]
-    else:
-        argv = [*argv, "--data-root", str(real_chips)]
-    done = search(*argv, "--out", str(tmp_path / "out"))
+def test_load_benchmark_runs_and_writes_its_table(real_chips, tmp_path):
+    done = search("load", "--trials", "1", "--data-root", str(real_chips), "--out", str(tmp_path / "out"))
     assert done.returncode == 0, done.stderr[-2000:]
-    if argv[0] == "load":
-        printed = dict(line.split(maxsplit=1) for line in done.stdout.splitlines() if line.strip())
-        assert printed["completed"] == "1" and printed["leftover_processes"] == "0"
-        assert float(printed["trials_per_minute"]) > 0 and (tmp_path / "out" / "load1.parquet").is_file()
-    else:
-        assert "fifo: 1 trials" in done.stdout and "asha: 1 trials" in done.stdout
+    printed = dict(line.split(maxsplit=1) for line in done.stdout.splitlines() if line.strip())
+    assert printed["completed"] == "1" and printed["leftover_processes"] == "0"
+    assert float(printed["trials_per_minute"]) > 0 and (tmp_path / "out" / "load1.parquet").is_file()
+
+
+def test_asha_benchmark_runs_both_arms_and_prints_their_table(real_chips, tmp_path, capsys, embedded_ray):
+    space = small_space(real_chips, tiers={2: ["em_clay"]}, **{
+        "techniques.gradient_checkpointing": [False], "training.num_samples": 1, "training.epochs": 2})
+    (tmp_path / "space.yaml").write_text(yaml.safe_dump(space))
+    assert main(["bench", "asha", str(tmp_path / "space.yaml"), "--out", str(tmp_path / "out")]) == 0
+    printed = capsys.readouterr().out
+    assert "fifo: 1 trials" in printed and "asha: 1 trials" in printed
 
 
 def test_imports_bench_pauses_the_collector_freezes_what_it_imported_and_leaves_the_collector_on(tmp_path):
