@@ -57,7 +57,7 @@ def kept_trials(out: Path, epochs: int) -> dict[str, list[dict]]:
 
 
 def test_sigkilled_search_resumes_without_losing_or_rerunning_trials(real_chips, tmp_path, embedded_ray):
-    epochs = 8  # a warm trial of 8 tiny epochs lasts seconds: time to kill the driver in the middle of the search
+    epochs = 4  # a warm trial of 4 tiny epochs lasts seconds: time to kill the driver in the middle of the search
     trials = 3  # one at a time: at the kill at least one has finished and at least the last one has not
     space = small_space(real_chips, tiers={2: ["em_prithvi"]}, **{
         "techniques.gradient_checkpointing": [False], "training.num_samples": trials, "training.epochs": epochs,
