@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import math
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -92,21 +94,42 @@ def test_trials_validate_and_baselines_score_on_the_datamodules_own_splits(flood
     assert (outcome.out_dir / "report.html").read_text().count("flood-base") >= 1
 
 
+def choosing_trials(out: Path) -> list[dict]:
+    """The last result of each held-out-stage trial that chose the reference CNN's learning rate."""
+    lasts = [json.loads(path.read_text().splitlines()[-1]) for path in sorted(out.glob("held_out/*/result.json"))]
+    return [r for r in lasts if r["config"]["run"] == {"evaluate_test": False}]
+
+
+def test_the_reference_cnn_runs_at_the_learning_rate_that_validated_best_in_the_same_experiment(flood_run):
+    """flood_base.yaml searches no tier 0: the reference U-Net's rate is chosen from three on the search's
+    validation split, by trials of the held-out stage's own experiment (its warm actors train them too)."""
+    outcome, _, _ = flood_run
+    choosing = choosing_trials(outcome.out_dir)
+    rates = sorted(r["config"]["candidate"]["learning_rate"] for r in choosing)
+    assert len(rates) == 3 and rates[0] < rates[1] < rates[2]
+    assert all(r["config"]["candidate"]["backbone"] == "em_cnn" and math.isfinite(r["val_miou"]) for r in choosing)
+    # The best validation mIoU; a tie (one epoch can leave every U-Net at the majority class) goes to the larger rate.
+    best = max((r["val_miou"], r["config"]["candidate"]["learning_rate"]) for r in choosing)[1]
+    reference = [r for r in pq.read_table(outcome.out_dir / "confirm.parquet").to_pylist() if r["role"] == "reference"]
+    assert len(reference) == 2 and {r["learning_rate"] for r in reference} == {best}  # both seeds, at that rate
+    assert not (outcome.out_dir / "reference_lr").exists()  # no experiment (and no trial processes) of its own
+
+
 def recorded_results(out: Path) -> dict[str, str]:
-    """Every Tune experiment's result files in a run directory (search, reference CNN's learning rate, held-out)."""
+    """Every Tune experiment's result files in a run directory (the search, the held-out stage)."""
     return {str(path.relative_to(out)): path.read_text() for path in sorted(out.glob("*/*/result.json"))}
 
 
 def test_a_finished_base_config_run_resumes_without_training_again(flood_run):
     outcome, space_file, _ = flood_run
     before = recorded_results(outcome.out_dir)
-    assert any(name.startswith("reference_lr/") for name in before) and any(n.startswith("held_out/") for n in before)
+    assert len(choosing_trials(outcome.out_dir)) == 3 and any(n.startswith("tune/") for n in before)
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(REPO)
         again = run_search(space_file, outcome.out_dir, resume=True)
     assert {r["trial_id"] for r in pq.read_table(again.out_dir / "results.parquet").to_pylist()} == \
         {r["trial_id"] for r in pq.read_table(outcome.out_dir / "results.parquet").to_pylist()}
-    # No trial of any stage ran again: the reference CNN's three learning-rate trials were retrained here before.
+    # No trial of any stage ran again (the reference CNN's three learning-rate trials were retrained here once).
     assert recorded_results(outcome.out_dir) == before
 
 

@@ -11,9 +11,10 @@ confusion matrix. The baselines are fitted on the same folds beside it (search/o
 
 The reference CNN is the best `em_cnn` trial of the search where the space searches tier 0 (on
 equal footing: same sampler, same budget); otherwise its learning rate is chosen on the search's
-own validation split from three values spanning the space's range (`reference_learning_rate`), as
-a candidate's is chosen by the search. A base config's own datamodule has no chips to fold: its
-test split is the one fold, and only seeds vary.
+own validation split from three values spanning the space's range (`reference_learning_rates`), as
+a candidate's is chosen by the search, in the same Tune experiment as the held-out runs (so the same warm
+trial actors train both: search/execution/held_out_schedule.py). A base config's own datamodule has no chips
+to fold: its test split is the one fold, and only seeds vary.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ from typing import Any
 import pyarrow as pa
 from ray import tune
 
-from search.execution.trial import TrialSetup, run_confirmation, run_trial
+from search.execution.held_out_schedule import CHOOSING, HeldOutSchedule
+from search.execution.trial import TrialSetup, run_confirmation
 from search.execution.tuner import restored_or_new, run_config, with_trial_resources
 from search.outcome.export import write_results
 from search.outcome.results import CONFIRM_SCHEMA, ranked, trial_rows
@@ -63,24 +65,11 @@ def reference_config(space: Space, batch_size: int, learning_rate: float) -> dic
             "role": REFERENCE_ROLE, "source_trial_id": None}
 
 
-def reference_learning_rate(space: Space, batch_size: int, setup: TrialSetup, concurrent: int, resume: bool,
-                            echo) -> float:
-    """The reference CNN's learning rate where the space does not search it: the best validation mIoU of three
-    log-spaced rates over the space's range, trained on the search's split for the search's epochs."""
+def reference_learning_rates(space: Space) -> list[float]:
+    """Where the space does not search the reference CNN: three log-spaced rates over the space's range, each
+    trained on the search's split for the search's epochs; the best validation mIoU is its rate."""
     low, high = space.training.learning_rate
-    rates = [low * (high / low) ** (i / (REFERENCE_LEARNING_RATES - 1)) for i in range(REFERENCE_LEARNING_RATES)]
-    echo(f"reference CNN: choosing its learning rate on validation from {', '.join(f'{r:.1e}' for r in rates)}")
-    trainable = with_trial_resources(run_trial, setup)
-    grid = restored_or_new("reference_lr", trainable, setup, resume, lambda: tune.Tuner(
-        trainable,
-        param_space={**reference_config(space, batch_size, 0.0), "learning_rate": tune.grid_search(rates)},
-        tune_config=tune.TuneConfig(max_concurrent_trials=concurrent, reuse_actors=True),
-        run_config=run_config("reference_lr", setup, space, live_metrics=False, label="reference lr",
-                              total=len(rates), echo=echo),
-    )).fit()
-    scores = [(r.metrics.get("val_miou", -math.inf), r.config["learning_rate"]) for r in grid
-              if r.metrics and math.isfinite(r.metrics.get("val_miou", math.nan))]
-    return max(scores)[1] if scores else math.sqrt(low * high)
+    return [low * (high / low) ** (i / (REFERENCE_LEARNING_RATES - 1)) for i in range(REFERENCE_LEARNING_RATES)]
 
 
 def fold_seed(space: Space, fold: int, seed_index: int) -> int:
@@ -89,21 +78,30 @@ def fold_seed(space: Space, fold: int, seed_index: int) -> int:
 
 
 def held_out_tuner(space: Space, picks: list[dict[str, Any]], folds: list[int | None], setup: TrialSetup,
-                   max_concurrent: int, resume: bool = False, echo=print) -> tune.Tuner:
+                   max_concurrent: int, resume: bool = False, echo=print,
+                   reference: dict[str, Any] | None = None) -> tune.Tuner:
+    """One experiment for the whole stage: every pick on every (fold, seed), and `reference` (a candidate whose
+    learning rate is still to be chosen) first on the search's split at each of its rates, then on every run."""
     trainable = with_trial_resources(run_confirmation, setup)
     runs = [{"fold": fold, "seed": fold_seed(space, fold or 0, s)} for fold in folds
             for s in range(space.evaluation.seeds)]
+    rates = reference_learning_rates(space) if reference is not None else []
+    schedule = HeldOutSchedule([{"candidate": p, "run": run} for p in picks for run in runs], reference, rates,
+                               runs if reference is not None else [])
+    total = (len(picks) + (reference is not None)) * len(runs) + len(rates)
     return restored_or_new("held_out", trainable, setup, resume, lambda: tune.Tuner(
         trainable,
-        param_space={"candidate": tune.grid_search(picks), "run": tune.grid_search(runs)},
-        tune_config=tune.TuneConfig(max_concurrent_trials=max_concurrent, reuse_actors=True),
-        run_config=run_config("held_out", setup, space, live_metrics=False, label="held-out run",
-                              total=len(picks) * len(runs), echo=echo),
+        tune_config=tune.TuneConfig(search_alg=schedule, num_samples=-1, max_concurrent_trials=max_concurrent,
+                                    reuse_actors=True),
+        run_config=run_config("held_out", setup, space, live_metrics=False, label="held-out run", total=total,
+                              echo=echo),
     ))
 
 
 def held_out_rows(result_grid, space: Space) -> list[dict[str, Any]]:
-    rows = trial_rows(result_grid, space.training.epochs, space.scale, params_key="candidate",
+    """Every held-out run's row; the trials that chose the reference's learning rate are not held-out runs."""
+    runs = [r for r in result_grid if (r.config or {}).get("run") != CHOOSING]
+    rows = trial_rows(runs, space.training.epochs, space.scale, params_key="candidate",
                       carry=("role", "source_trial_id"))
     order = {WINNER_ROLE: 0, RUNNER_UP_ROLE: 1, REFERENCE_ROLE: 2}
     return sorted(rows, key=lambda r: (order.get(r["role"], 3), r["fold"] if r["fold"] is not None else -1,
@@ -116,13 +114,16 @@ def held_out_stage(space: Space, rows: list[dict[str, Any]], best: dict[str, Any
     if not space.evaluation.folds or best is None:
         return []
     picks = methods(space, rows, best)
+    reference = None
     if space.evaluation.reference_cnn and not any(p["role"] == REFERENCE_ROLE for p in picks) \
             and best["backbone"] != REFERENCE_BACKBONE:
-        rate = reference_learning_rate(space, best["batch_size"], session.setup, session.concurrent, resume, echo)
-        picks.append(reference_config(space, best["batch_size"], rate))
-    echo(f"held-out test: {', '.join(p['role'] for p in picks)} x {len(folds)} fold(s) x "
-         f"{space.evaluation.seeds} seed(s), {space.training.epochs} epochs each")
-    grid = held_out_tuner(space, picks, folds, session.setup, session.concurrent, resume, echo).fit()
+        reference = reference_config(space, best["batch_size"], math.nan)
+        rates = ", ".join(f"{r:.1e}" for r in reference_learning_rates(space))
+        echo(f"reference CNN: its learning rate chosen on validation from {rates}, beside the held-out runs")
+    roles = [p["role"] for p in picks] + ([REFERENCE_ROLE] if reference else [])
+    echo(f"held-out test: {', '.join(roles)} x {len(folds)} fold(s) x {space.evaluation.seeds} seed(s), "
+         f"{space.training.epochs} epochs each")
+    grid = held_out_tuner(space, picks, folds, session.setup, session.concurrent, resume, echo, reference).fit()
     confirmation = held_out_rows(grid, space)
     write_results(pa.Table.from_pylist(confirmation, schema=CONFIRM_SCHEMA), out / "confirm.parquet")
     return confirmation

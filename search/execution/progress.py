@@ -31,7 +31,9 @@ def knob_text(config: dict[str, Any]) -> str:
 def describe(config: dict[str, Any]) -> str:
     """A trial's configuration in a few words (a held-out run: its method, fold and seed)."""
     if "candidate" in config:
-        run = config.get("run", {})
+        run, candidate = config.get("run", {}), config["candidate"]
+        if run.get("evaluate_test") is False:  # choosing the reference's learning rate on the search's split
+            return f"{candidate.get('role', '')} {candidate['backbone']} lr {candidate['learning_rate']:.1e} on validation"
         fold = f" fold {run['fold']}" if run.get("fold") is not None else ""
         return f"{config['candidate'].get('role', '')} {config['candidate']['backbone']}{fold} seed {run.get('seed')}"
     if "backbone" not in config:

@@ -140,5 +140,7 @@ def run_trial(config: dict[str, Any], setup: TrialSetup) -> None:
 
 
 def run_confirmation(config: dict[str, Any], setup: TrialSetup) -> None:
-    """Tune function of the held-out stage: one method on one fold at one seed, every epoch, then tested."""
-    run_trial({**config["candidate"], **config["run"], "evaluate_test": True}, setup)
+    """Tune function of the held-out stage: one method on one fold at one seed, every epoch, then tested (or, for
+    a trial choosing the reference's learning rate, `run` = {"evaluate_test": False}: the search's split, as a
+    search trial)."""
+    run_trial({**config["candidate"], "evaluate_test": True, **config["run"]}, setup)
